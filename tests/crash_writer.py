@@ -1,0 +1,40 @@
+"""Child process for crash tests: appends until killed, reporting each ack.
+
+Usage: python crash_writer.py DATA_DIR SYNC MEMTABLE_BYTES [exit_after]
+
+Prints "timeline seq" on stdout after each append returns (an
+acknowledged write), flushing every line, so the parent knows exactly what
+was acknowledged when it sends SIGKILL. With exit_after, it stops after
+that many appends with os._exit, leaving the log unflushed and the
+database unclosed, as a crash would.
+"""
+
+import os
+import sys
+
+import tlsm
+
+
+def main():
+    path, sync, memtable_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    exit_after = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    db = tlsm.open(path, sync=sync, memtable_bytes=memtable_bytes)
+    out = sys.stdout
+    count = 0
+    while exit_after is None or count < exit_after:
+        timeline = f"t{count % 13}"
+        if count % 5 == 4:
+            seqs = db.append_batch(
+                [(timeline, b"b%d" % count), ("fan", b"f%d" % count), (timeline, b"c%d" % count)]
+            )
+            out.write(f"B {timeline} {seqs[0]} fan {seqs[1]} {timeline} {seqs[2]} {count}\n")
+        else:
+            seq = db.append(timeline, b"p%d" % count)
+            out.write(f"A {timeline} {seq} {count}\n")
+        out.flush()
+        count += 1
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

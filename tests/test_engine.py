@@ -1,0 +1,157 @@
+"""The embedded engine's public API on real files."""
+
+import threading
+
+import pytest
+
+import tlsm
+from tlsm.errors import ClosedError, InvalidArgumentError, StorageIOError
+
+
+@pytest.fixture
+def db(tmp_path):
+    with tlsm.open(tmp_path / "db", memtable_bytes=16 * 1024, level_fanout=3) as handle:
+        yield handle
+
+
+def test_append_assigns_consecutive_seqs(db):
+    assert [db.append("room", b"m%d" % i) for i in range(5)] == [1, 2, 3, 4, 5]
+    assert db.append("other", b"x") == 1
+    assert db.last_seq("room") == 5
+    assert db.last_seq("missing") == 0
+
+
+def test_str_and_bytes_ids_are_the_same_timeline(db):
+    db.append("caf\u00e9", b"a")
+    assert db.append("caf\u00e9".encode(), b"b") == 2
+    assert db.get(b"caf\xc3\xa9", 1) == b"a"
+
+
+def test_get_returns_payload_or_none(db):
+    db.append("t", b"one")
+    assert db.get("t", 1) == b"one"
+    assert db.get("t", 2) is None
+    assert db.get("t", 0) is None
+    assert db.get("nobody", 1) is None
+
+
+def test_append_batch_is_ordered_per_timeline(db):
+    seqs = db.append_batch([("a", b"1"), ("b", b"2"), ("a", b"3")])
+    assert seqs == [1, 1, 2]
+    assert list(db.scan("a")) == [(1, b"1"), (2, b"3")]
+    assert db.append_batch([]) == []
+
+
+def test_scan_limit_ten_both_directions(db):
+    for i in range(100):
+        db.append("t", b"%d" % i)
+    forward = list(db.scan("t", limit=10))
+    backward = list(db.scan("t", limit=10, reverse=True))
+    assert [seq for seq, _ in forward] == list(range(1, 11))
+    assert [seq for seq, _ in backward] == list(range(100, 90, -1))
+
+
+def test_scan_bounds_are_half_open(db):
+    for i in range(20):
+        db.append("t", b"%d" % i)
+    assert [s for s, _ in db.scan("t", start=5, end=8)] == [5, 6, 7]
+    assert [s for s, _ in db.scan("t", start=5, end=8, reverse=True)] == [7, 6, 5]
+    assert list(db.scan("t", start=8, end=8)) == []
+    assert list(db.scan("t", start=21)) == []
+
+
+def test_scan_spans_memtable_and_tables(db):
+    payload = b"x" * 200
+    for i in range(600):
+        db.append("t", payload + b"%d" % i)
+        db.append("noise", payload)
+    assert db.stats()["flushes"] > 2
+    seqs = [seq for seq, _ in db.scan("t")]
+    assert seqs == list(range(1, 601))
+    reverse = [seq for seq, _ in db.scan("t", reverse=True)]
+    assert reverse == list(range(600, 0, -1))
+    assert db.get("t", 17) == payload + b"16"
+
+
+def test_scan_is_a_snapshot(db):
+    for i in range(5):
+        db.append("t", b"%d" % i)
+    iterator = db.scan("t")
+    db.append("t", b"late")
+    assert [seq for seq, _ in iterator] == [1, 2, 3, 4, 5]
+
+
+def test_invalid_inputs_raise_clear_errors(db):
+    with pytest.raises(InvalidArgumentError, match="512 bytes"):
+        db.append("x" * 513, b"")
+    with pytest.raises(InvalidArgumentError, match="must be str or bytes"):
+        db.append(42, b"")
+    with pytest.raises(InvalidArgumentError, match="must not be empty"):
+        db.append("", b"")
+    with pytest.raises(InvalidArgumentError, match="payload must be bytes"):
+        db.append("t", "text")
+    with pytest.raises(InvalidArgumentError, match="outside"):
+        db.get("t", -1)
+    with pytest.raises(InvalidArgumentError, match="limit"):
+        list(db.scan("t", limit=-1))
+    assert db.last_seq("t") == 0
+
+
+def test_oversized_payload_names_the_limit(tmp_path):
+    with tlsm.open(tmp_path / "db", max_payload_bytes=100) as small:
+        with pytest.raises(InvalidArgumentError, match="101 bytes, above the limit of 100"):
+            small.append("t", b"x" * 101)
+        assert small.append("t", b"x" * 100) == 1
+
+
+def test_invalid_batch_writes_nothing(db):
+    with pytest.raises(InvalidArgumentError):
+        db.append_batch([("a", b"ok"), ("b", 5)])
+    assert db.last_seq("a") == 0
+
+
+def test_unknown_option_is_rejected(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="unknown option"):
+        tlsm.open(tmp_path / "db", memtable_size=5)
+    with pytest.raises(InvalidArgumentError, match="sync="):
+        tlsm.open(tmp_path / "db", sync="sometimes")
+
+
+def test_use_after_close_raises(tmp_path):
+    db = tlsm.open(tmp_path / "db")
+    db.append("t", b"x")
+    db.close()
+    db.close()
+    with pytest.raises(ClosedError):
+        db.append("t", b"y")
+    with pytest.raises(ClosedError):
+        db.get("t", 1)
+
+
+def test_second_open_of_directory_is_rejected(db):
+    with pytest.raises(StorageIOError, match="locked"):
+        tlsm.open(db.path)
+
+
+def test_concurrent_writers_get_unique_seqs(db):
+    results = []
+
+    def writer(index):
+        results.extend(db.append("shared", b"w%d" % index) for _ in range(300))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == list(range(1, 1201))
+    assert [seq for seq, _ in db.scan("shared")] == list(range(1, 1201))
+
+
+def test_stats_report_levels_and_amplification(db):
+    for i in range(2000):
+        db.append("t%d" % (i % 10), b"y" * 100)
+    stats = db.stats()
+    assert stats["flushes"] >= 3
+    assert sum(level["files"] for level in stats["levels"]) >= 1
+    assert stats["write_amplification"] > 1.0

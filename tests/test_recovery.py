@@ -1,0 +1,179 @@
+"""Recovery: reopen after flush, torn and zero-filled log tails, kill -9."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import tlsm
+from tlsm.errors import CorruptionError
+
+WRITER = os.path.join(os.path.dirname(__file__), "crash_writer.py")
+
+
+def _logs(path):
+    return sorted(name for name in os.listdir(path) if name.endswith(".log"))
+
+
+def _crash_after(path, count, sync="none", memtable_bytes=1 << 20):
+    """Run the writer child until it exits without closing; return its ack lines."""
+    result = subprocess.run(
+        [sys.executable, WRITER, str(path), sync, str(memtable_bytes), str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return result.stdout.splitlines()
+
+
+def _acknowledged(lines):
+    """Map (timeline, seq) -> payload for every acknowledged line."""
+    acked = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 4 or not parts[-1].isdigit():
+            continue
+        count = int(parts[-1])
+        if parts[0] == "A" and len(parts) == 4:
+            acked[(parts[1], int(parts[2]))] = b"p%d" % count
+        elif parts[0] == "B" and len(parts) == 8:
+            acked[(parts[1], int(parts[2]))] = b"b%d" % count
+            acked[(parts[3], int(parts[4]))] = b"f%d" % count
+            acked[(parts[5], int(parts[6]))] = b"c%d" % count
+    return acked
+
+
+def test_reopen_after_flush_and_write(tmp_path):
+    path = tmp_path / "db"
+    with tlsm.open(path) as db:
+        for i in range(50):
+            db.append("t", b"%d" % i)
+        db.flush()
+        assert db.stats()["flushes"] == 1
+    with tlsm.open(path) as db:
+        assert db.last_seq("t") == 50
+        assert db.append("t", b"new") == 51
+        assert db.get("t", 1) == b"0"
+    with tlsm.open(path) as db:
+        assert db.get("t", 51) == b"new"
+
+
+def test_unclosed_log_is_replayed(tmp_path):
+    lines = _crash_after(tmp_path, 200)
+    acked = _acknowledged(lines)
+    with tlsm.open(tmp_path) as db:
+        assert db.stats()["recovered_entries"] == len(acked)
+        for (timeline, seq), payload in acked.items():
+            assert db.get(timeline, seq) == payload
+
+
+@pytest.mark.parametrize("cut", [1, 5, 12])
+def test_torn_log_tail_is_cut_and_logged(tmp_path, caplog, cut):
+    lines = _crash_after(tmp_path, 40)
+    acked = _acknowledged(lines)
+    (log_name,) = _logs(tmp_path)
+    log_path = tmp_path / log_name
+    size = log_path.stat().st_size
+    os.truncate(log_path, size - cut)
+    caplog.set_level(logging.WARNING)
+    with tlsm.open(tmp_path) as db:
+        survivors = sum(db.get(t, s) == p for (t, s), p in acked.items())
+        last_count = int(lines[-1].split()[-1])
+        last_timeline = lines[-1].split()[1]
+        last_seq = int(lines[-1].split()[2])
+        # The last append (one record) is the only one torn.
+        assert db.get(last_timeline, last_seq) is None
+        assert survivors == len(acked) - (3 if last_count % 5 == 4 else 1)
+        assert db.append(last_timeline, b"again") == last_seq
+    assert any("dropped" in r.message and log_name in r.message for r in caplog.records)
+
+
+def test_zero_filled_tail_is_dropped(tmp_path, caplog):
+    acked = _acknowledged(_crash_after(tmp_path, 30))
+    (log_name,) = _logs(tmp_path)
+    with open(tmp_path / log_name, "ab") as f:
+        f.write(b"\0" * 4096)
+    caplog.set_level(logging.WARNING)
+    with tlsm.open(tmp_path) as db:
+        for (timeline, seq), payload in acked.items():
+            assert db.get(timeline, seq) == payload
+        assert db.stats()["recovery_dropped_bytes"] == 4096
+    assert any("zero-filled" in r.message for r in caplog.records)
+
+
+def test_corrupt_record_keeps_prefix(tmp_path):
+    acked = _acknowledged(_crash_after(tmp_path, 30))
+    (log_name,) = _logs(tmp_path)
+    log_path = tmp_path / log_name
+    data = bytearray(log_path.read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0xFF
+    log_path.write_bytes(bytes(data))
+    with tlsm.open(tmp_path) as db:
+        kept = [key for key, payload in acked.items() if db.get(*key) == payload]
+        assert 0 < len(kept) < len(acked)
+        # Recovery keeps a prefix: whatever survived is the earliest writes.
+        assert db.stats()["recovery_dropped_bytes"] > 0
+
+
+@pytest.mark.parametrize("sync", ["none", "always"])
+def test_kill_9_during_writes_keeps_acknowledged(tmp_path, sync):
+    child = subprocess.Popen(
+        [sys.executable, WRITER, str(tmp_path), sync, "65536"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in child.stdout:
+            lines.append(line)
+            if len(lines) >= 3000:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    lines.extend(child.stdout.read().splitlines())
+    acked = _acknowledged(lines)
+    assert len(acked) >= 3000
+    highest = {}
+    for timeline, seq in acked:
+        highest[timeline] = max(highest.get(timeline, 0), seq)
+    with tlsm.open(tmp_path) as db:
+        missing = [key for key, payload in acked.items() if db.get(*key) != payload]
+        assert missing == []
+        for timeline, seq in highest.items():
+            assert db.last_seq(timeline) >= seq
+            assert db.append(timeline, b"after") > seq
+        for timeline in highest:
+            seqs = [seq for seq, _ in db.scan(timeline)]
+            assert seqs == sorted(set(seqs))
+
+
+def test_damaged_manifest_fails_open_with_path(tmp_path):
+    with tlsm.open(tmp_path) as db:
+        db.append("t", b"x")
+    manifest = tmp_path / "MANIFEST"
+    data = bytearray(manifest.read_bytes())
+    data[-2] ^= 0x01
+    manifest.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="MANIFEST"):
+        tlsm.open(tmp_path)
+
+
+def test_corrupt_table_block_is_reported(tmp_path):
+    with tlsm.open(tmp_path, compression=False) as db:
+        for i in range(200):
+            db.append("t", b"v" * 50)
+    (table,) = [n for n in os.listdir(tmp_path) if n.endswith(".sst")]
+    path = tmp_path / table
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with tlsm.open(tmp_path) as db:
+        with pytest.raises(CorruptionError, match="checksum mismatch at offset 0") as info:
+            list(db.scan("t"))
+        assert info.value.path == str(path)

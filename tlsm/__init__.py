@@ -1,0 +1,68 @@
+"""tlsm: a timeline storage engine for instant messaging.
+
+A timeline is an ordered queue of entries keyed by (timeline_id, seq). The
+engine assigns seqs on append (1, 2, 3, ... per timeline), never reuses one,
+and reads any entry or range by seq in either direction.
+
+    import tlsm
+    with tlsm.open("data") as db:
+        seq = db.append("room:42", b"hello")
+        for seq, payload in db.scan("room:42", start=1, limit=10):
+            ...
+"""
+
+from .db import DB, DEFAULT_OPTIONS
+from .errors import (
+    ClosedError,
+    CorruptionError,
+    InvalidArgumentError,
+    ProtocolError,
+    StorageIOError,
+    TlsmError,
+)
+from .keys import DEFAULT_MAX_PAYLOAD_BYTES, MAX_SEQ, MAX_TIMELINE_ID_BYTES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DB",
+    "DEFAULT_OPTIONS",
+    "open",
+    "TlsmError",
+    "InvalidArgumentError",
+    "ClosedError",
+    "CorruptionError",
+    "StorageIOError",
+    "ProtocolError",
+    "MAX_SEQ",
+    "MAX_TIMELINE_ID_BYTES",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "__version__",
+]
+
+
+def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
+    """Open (creating if needed) the database in directory path and return a DB.
+
+    Options (defaults in tlsm.DEFAULT_OPTIONS):
+      sync: durability of each write before append() returns.
+        "none": the log record is written to the OS with write(). A process
+          crash loses nothing acknowledged; a power loss or kernel crash may
+          lose the writes of the last few seconds that the OS had not yet
+          written back, and seqs of lost writes may then be assigned again.
+        "always": the log is fdatasync'ed before append() returns. Neither a
+          process crash nor a power loss loses an acknowledged write.
+      memtable_bytes: memtable size that triggers a flush (32 MiB).
+      block_bytes: target size of a table data block before compression (4 KiB).
+      block_cache_bytes: bound of the decoded-block cache (64 MiB).
+      compression: LZ4 per block, kept only when it saves 1/8 or more (True).
+      level_fanout: tables per level that trigger a merge into the next (4).
+      max_payload_bytes: largest payload accepted (4 MiB).
+      max_batch_bytes: largest append_batch, ids and payloads summed (64 MiB).
+      create_if_missing: create the directory when absent (True).
+
+    Raises StorageIOError when another process has the directory open,
+    CorruptionError when the manifest or a table is damaged, and
+    InvalidArgumentError for unknown or invalid options.
+    """
+    return DB(path, **options)

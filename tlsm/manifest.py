@@ -1,0 +1,101 @@
+"""The manifest: which table files are live, and where recovery starts.
+
+``MANIFEST`` is replaced as a whole on every change, through a synced
+temporary file and an atomic rename, so a crash leaves either the old or
+the new version, never a mix. Layout (on disk, frozen):
+
+    line 1: "tlsm-manifest <format_version> <crc32 of the JSON bytes, 8 hex digits>\\n"
+    rest:   UTF-8 JSON object:
+            {"next_file_number": int,   # next number for a .log or .sst file
+             "log_number": int,         # logs numbered below this are flushed
+             "levels": [[{"number": int, "size": int, "entries": int}, ...], ...]}
+
+``levels[0]`` lists level-0 tables newest first; in every level, a table
+listed earlier is newer, and its entries win over older tables' for the
+same key.
+"""
+
+import json
+import os
+import zlib
+
+from .errors import CorruptionError
+
+FILENAME = "MANIFEST"
+FORMAT_VERSION = 1
+_TAG = "tlsm-manifest"
+
+
+class TableInfo:
+    __slots__ = ("number", "size", "entries")
+
+    def __init__(self, number, size, entries):
+        self.number = number
+        self.size = size
+        self.entries = entries
+
+    def to_json(self):
+        return {"number": self.number, "size": self.size, "entries": self.entries}
+
+
+class Manifest:
+    """In-memory state of the manifest file."""
+
+    def __init__(self, next_file_number=1, log_number=0, levels=None):
+        self.next_file_number = next_file_number
+        self.log_number = log_number
+        self.levels = levels if levels is not None else [[]]
+
+    def allocate_file_number(self):
+        number = self.next_file_number
+        self.next_file_number += 1
+        return number
+
+    def live_numbers(self):
+        return {info.number for level in self.levels for info in level}
+
+    def encode(self):
+        body = json.dumps(
+            {
+                "next_file_number": self.next_file_number,
+                "log_number": self.log_number,
+                "levels": [[info.to_json() for info in level] for level in self.levels],
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        header = f"{_TAG} {FORMAT_VERSION} {zlib.crc32(body):08x}\n".encode("ascii")
+        return header + body
+
+    def save(self, fs, directory):
+        fs.write_atomic(os.path.join(directory, FILENAME), self.encode())
+
+    @classmethod
+    def decode(cls, data, path):
+        newline = data.find(b"\n")
+        parts = data[:newline].decode("ascii", "replace").split(" ") if newline > 0 else []
+        if len(parts) != 3 or parts[0] != _TAG:
+            raise CorruptionError(f"{path}: missing manifest header", path, 0)
+        if parts[1] != str(FORMAT_VERSION):
+            raise CorruptionError(
+                f"{path}: unsupported manifest format version {parts[1]}", path, 0
+            )
+        body = data[newline + 1 :]
+        if f"{zlib.crc32(body):08x}" != parts[2]:
+            raise CorruptionError(f"{path}: manifest checksum mismatch", path, newline + 1)
+        try:
+            state = json.loads(body)
+            levels = [
+                [TableInfo(t["number"], t["size"], t["entries"]) for t in level]
+                for level in state["levels"]
+            ]
+            return cls(state["next_file_number"], state["log_number"], levels or [[]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"{path}: malformed manifest ({exc})", path, newline + 1) from None
+
+    @classmethod
+    def load(cls, fs, directory):
+        """Return the saved manifest, or None when the directory has none."""
+        path = os.path.join(directory, FILENAME)
+        if not fs.exists(path):
+            return None
+        return cls.decode(fs.read_all(path), path)

@@ -1,0 +1,390 @@
+"""Immutable sorted table files (``NNNNNN.sst``).
+
+Layout, all integers little-endian; these constants are on disk and must
+never change:
+
+    file     := data_block* | index_block | summary_block | footer
+    block    := body | compression: u8 | crc: u32
+                (compression 0 = none, 1 = LZ4 block with stored size;
+                 crc is zlib's CRC-32 of body followed by the compression byte)
+    data body    := tlsm.block encoding of entries in (timeline_id, seq) order
+    index body   := (timeline_len: u16 | last_seq: u64 | offset: u64 |
+                     size: u32 | timeline_id) per data block, in file order
+    summary body := (timeline_len: u16 | min_seq: u64 | max_seq: u64 |
+                     count: u64 | timeline_id) per timeline, sorted by id
+    footer   := index_offset: u64 | index_size: u32 | summary_offset: u64 |
+                summary_size: u32 | entry_count: u64 | format_version: u32 |
+                crc: u32 | magic: u64            (48 bytes)
+
+The footer crc covers the 36 bytes before it. An index entry names the
+last key of its block, so the block holding the first key >= K is the
+first whose last key is >= K. The summary lists every timeline in the file
+with its seq range: it is an exact filter (a scan skips files without the
+timeline or whose range misses the requested one) and records the highest
+seq each timeline ever reached.
+"""
+
+import bisect
+import logging
+import struct
+import threading
+import zlib
+from collections import OrderedDict
+
+import lz4.block
+
+from . import block as block_codec
+from .errors import CorruptionError
+
+log = logging.getLogger(__name__)
+
+MAGIC = 0x315453534D534C54  # b"TLSMSST1" read as a little-endian u64
+FORMAT_VERSION = 1
+COMPRESSION_NONE = 0
+COMPRESSION_LZ4 = 1
+
+_TRAILER = struct.Struct("<BI")
+_INDEX_ENTRY = struct.Struct("<HQQI")
+_SUMMARY_ENTRY = struct.Struct("<HQQQ")
+_FOOTER = struct.Struct("<QIQIQIIQ")
+_FOOTER_HEAD = struct.Struct("<QIQIQI")
+FOOTER_SIZE = _FOOTER.size
+_WRITE_CHUNK = 1 << 20
+
+
+def _frame(body, compression):
+    trailer_crc = zlib.crc32(bytes([compression]), zlib.crc32(body))
+    return body + _TRAILER.pack(compression, trailer_crc)
+
+
+class TableWriter:
+    """Writes entries, given in strictly increasing key order, to a new table file."""
+
+    def __init__(self, fs, path, block_bytes=4096, compression=True):
+        self.path = path
+        self._file = fs.create(path)
+        self._block_bytes = block_bytes
+        self._compression = compression
+        self._pending = []
+        self._pending_bytes = 0
+        self._buffer = bytearray()
+        self._offset = 0
+        self._index = []
+        self._summary = {}
+        self.entry_count = 0
+        self.smallest = None
+        self.largest = None
+
+    def add(self, entry):
+        timeline_id, seq = entry[0], entry[1]
+        self._pending.append(entry)
+        self._pending_bytes += len(entry[4]) + len(timeline_id) + 12
+        self.entry_count += 1
+        span = self._summary.get(timeline_id)
+        if span is None:
+            self._summary[timeline_id] = [seq, seq, 1]
+        else:
+            span[1] = seq
+            span[2] += 1
+        if self._pending_bytes >= self._block_bytes:
+            self._finish_block()
+
+    def add_summary(self, timeline_id, max_seq):
+        """Record that timeline_id reached max_seq even if no entry of it is kept."""
+        span = self._summary.get(timeline_id)
+        if span is None:
+            self._summary[timeline_id] = [max_seq, max_seq, 0]
+        elif max_seq > span[1]:
+            span[1] = max_seq
+
+    def _finish_block(self):
+        entries = self._pending
+        if self.smallest is None:
+            self.smallest = entries[0][:2]
+        self.largest = entries[-1][:2]
+        body = block_codec.encode_block(entries)
+        compression = COMPRESSION_NONE
+        if self._compression:
+            packed = lz4.block.compress(body)
+            if len(packed) < len(body) - (len(body) >> 3):
+                body, compression = packed, COMPRESSION_LZ4
+        framed = _frame(body, compression)
+        self._index.append((entries[-1][0], entries[-1][1], self._offset, len(framed)))
+        self._append(framed)
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _append(self, data):
+        self._buffer += data
+        self._offset += len(data)
+        if len(self._buffer) >= _WRITE_CHUNK:
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def finish(self, sync=True):
+        """Write index, summary and footer; sync and close. Returns the file size."""
+        if self._pending:
+            self._finish_block()
+        index_parts = []
+        for timeline_id, last_seq, offset, size in self._index:
+            index_parts.append(_INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size))
+            index_parts.append(timeline_id)
+        index_offset = self._offset
+        index_block = _frame(b"".join(index_parts), COMPRESSION_NONE)
+        self._append(index_block)
+        summary_parts = []
+        for timeline_id in sorted(self._summary):
+            min_seq, max_seq, count = self._summary[timeline_id]
+            summary_parts.append(_SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count))
+            summary_parts.append(timeline_id)
+        summary_offset = self._offset
+        summary_block = _frame(b"".join(summary_parts), COMPRESSION_NONE)
+        self._append(summary_block)
+        head = _FOOTER_HEAD.pack(
+            index_offset,
+            len(index_block),
+            summary_offset,
+            len(summary_block),
+            self.entry_count,
+            FORMAT_VERSION,
+        )
+        footer = head + struct.pack("<IQ", zlib.crc32(head), MAGIC)
+        self._append(footer)
+        self._file.write(self._buffer)
+        self._buffer = bytearray()
+        if sync:
+            self._file.sync()
+        self._file.close()
+        return self._offset
+
+    def abandon(self):
+        self._file.close()
+
+
+class BlockCache:
+    """LRU cache of decoded data blocks, bounded by their encoded size in bytes."""
+
+    def __init__(self, capacity_bytes):
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key, entries, charge):
+        if charge > self.capacity_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (entries, charge)
+            self.used_bytes += charge
+            while self.used_bytes > self.capacity_bytes:
+                _, (_, old_charge) = self._items.popitem(last=False)
+                self.used_bytes -= old_charge
+
+    def evict_file(self, file_number):
+        with self._lock:
+            for key in [k for k in self._items if k[0] == file_number]:
+                self.used_bytes -= self._items.pop(key)[1]
+
+
+class Table:
+    """A reader of one table file; loads its index and summary on first use."""
+
+    def __init__(self, fs, path, file_number, size, cache):
+        self.fs = fs
+        self.path = path
+        self.file_number = file_number
+        self.size = size
+        self._cache = cache
+        self._file = None
+        self._lock = threading.Lock()
+        self._loaded = False
+        self.entry_count = 0
+        self.index_keys = []
+        self._block_offsets = []
+        self._block_sizes = []
+        self.summary = {}
+
+    def _corrupt(self, what, offset):
+        return CorruptionError(f"sstable {self.path}: {what} at offset {offset}", self.path, offset)
+
+    def _read_framed(self, offset, size):
+        data = self._file.read_at(offset, size)
+        if len(data) != size or size < _TRAILER.size:
+            raise self._corrupt(f"short read of {size}-byte block", offset)
+        body = memoryview(data)[: size - _TRAILER.size]
+        compression, crc = _TRAILER.unpack_from(data, size - _TRAILER.size)
+        if zlib.crc32(bytes([compression]), zlib.crc32(body)) != crc:
+            raise self._corrupt("block checksum mismatch", offset)
+        if compression == COMPRESSION_LZ4:
+            try:
+                return lz4.block.decompress(body)
+            except lz4.block.LZ4BlockError as exc:
+                raise self._corrupt(f"LZ4 decompression failed ({exc})", offset) from None
+        if compression != COMPRESSION_NONE:
+            raise self._corrupt(f"unknown compression type {compression}", offset)
+        return body
+
+    def load(self):
+        """Open the file and read footer, index and summary (idempotent)."""
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._file = self.fs.open_read(self.path)
+            self._load_footer()
+            self._loaded = True
+
+    def _load_footer(self):
+        size = self._file.size
+        if size < FOOTER_SIZE:
+            raise self._corrupt(f"file of {size} bytes is shorter than the footer", 0)
+        footer = self._file.read_at(size - FOOTER_SIZE, FOOTER_SIZE)
+        fields = _FOOTER.unpack(footer)
+        index_offset, index_size, summary_offset, summary_size, count, version, crc, magic = fields
+        if magic != MAGIC:
+            raise self._corrupt(f"bad magic number {magic:#x}", size - 8)
+        if zlib.crc32(footer[: _FOOTER_HEAD.size]) != crc:
+            raise self._corrupt("footer checksum mismatch", size - FOOTER_SIZE)
+        if version != FORMAT_VERSION:
+            raise self._corrupt(f"unsupported format version {version}", size - 16)
+        self.entry_count = count
+        self._parse_index(self._read_framed(index_offset, index_size), index_offset)
+        self._parse_summary(self._read_framed(summary_offset, summary_size), summary_offset)
+
+    def _parse_index(self, body, offset):
+        pos, end = 0, len(body)
+        keys, offsets, sizes = [], [], []
+        while pos < end:
+            if pos + _INDEX_ENTRY.size > end:
+                raise self._corrupt("truncated index entry", offset + pos)
+            tl_len, last_seq, block_offset, block_size = _INDEX_ENTRY.unpack_from(body, pos)
+            pos += _INDEX_ENTRY.size
+            keys.append((bytes(body[pos : pos + tl_len]), last_seq))
+            offsets.append(block_offset)
+            sizes.append(block_size)
+            pos += tl_len
+        if pos != end:
+            raise self._corrupt("index overruns its block", offset)
+        self.index_keys, self._block_offsets, self._block_sizes = keys, offsets, sizes
+
+    def _parse_summary(self, body, offset):
+        pos, end = 0, len(body)
+        summary = {}
+        while pos < end:
+            if pos + _SUMMARY_ENTRY.size > end:
+                raise self._corrupt("truncated summary entry", offset + pos)
+            tl_len, min_seq, max_seq, count = _SUMMARY_ENTRY.unpack_from(body, pos)
+            pos += _SUMMARY_ENTRY.size
+            summary[bytes(body[pos : pos + tl_len])] = (min_seq, max_seq, count)
+            pos += tl_len
+        if pos != end:
+            raise self._corrupt("summary overruns its block", offset)
+        self.summary = summary
+
+    def read_block(self, index):
+        """Return the decoded entries of data block number index."""
+        key = (self.file_number, index)
+        entries = self._cache.get(key)
+        if entries is None:
+            offset = self._block_offsets[index]
+            body = self._read_framed(offset, self._block_sizes[index])
+            try:
+                entries = block_codec.decode_block(body)
+            except CorruptionError as exc:
+                raise self._corrupt(f"undecodable data block ({exc})", offset) from None
+            self._cache.put(key, entries, len(body))
+        return entries
+
+    def max_seq(self, timeline_id):
+        self.load()
+        span = self.summary.get(timeline_id)
+        return span[1] if span else 0
+
+    def get(self, timeline_id, seq):
+        self.load()
+        span = self.summary.get(timeline_id)
+        if span is None or not span[0] <= seq <= span[1] or not span[2]:
+            return None
+        key = (timeline_id, seq)
+        index = bisect.bisect_left(self.index_keys, key)
+        if index == len(self.index_keys):
+            return None
+        entries = self.read_block(index)
+        position = bisect.bisect_left(entries, key)
+        if position < len(entries) and entries[position][1] == seq and entries[position][0] == timeline_id:
+            return entries[position]
+        return None
+
+    def may_contain(self, timeline_id, start, end):
+        """Return False when no entry of timeline_id with start <= seq < end is in this file."""
+        self.load()
+        span = self.summary.get(timeline_id)
+        return span is not None and span[2] > 0 and span[0] < end and span[1] >= start
+
+    def scan(self, timeline_id, start, end, reverse=False):
+        """Iterate entries of timeline_id with start <= seq < end, lazily, block by block."""
+        if not self.may_contain(timeline_id, start, end):
+            return iter(())
+        if reverse:
+            return self._scan_backward(timeline_id, start, end)
+        return self._scan_forward(timeline_id, start, end)
+
+    def _scan_forward(self, timeline_id, start, end):
+        key = (timeline_id, start)
+        index = bisect.bisect_left(self.index_keys, key)
+        block_count = len(self.index_keys)
+        while index < block_count:
+            entries = self.read_block(index)
+            position = bisect.bisect_left(entries, key)
+            for i in range(position, len(entries)):
+                entry = entries[i]
+                if entry[0] != timeline_id or entry[1] >= end:
+                    return
+                yield entry
+            index += 1
+
+    def _scan_backward(self, timeline_id, start, end):
+        key = (timeline_id, end)
+        index = bisect.bisect_left(self.index_keys, key)
+        if index == len(self.index_keys):
+            index -= 1
+        while index >= 0:
+            entries = self.read_block(index)
+            position = bisect.bisect_left(entries, key) - 1
+            for i in range(position, -1, -1):
+                entry = entries[i]
+                if entry[0] != timeline_id or entry[1] < start:
+                    return
+                yield entry
+            index -= 1
+
+    def entries(self):
+        """Iterate every entry of the file in key order; used by compaction."""
+        self.load()
+        for index in range(len(self.index_keys)):
+            offset = self._block_offsets[index]
+            body = self._read_framed(offset, self._block_sizes[index])
+            yield from block_codec.decode_block(body)
+
+    def close(self):
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            self._loaded = False
+        self._cache.evict_file(self.file_number)

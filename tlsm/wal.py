@@ -1,0 +1,179 @@
+"""Write-ahead log: every acknowledged write batch is a record here first.
+
+Layout of a log file (``NNNNNN.log``), all integers little-endian; these
+constants are on disk and must never change:
+
+    record  := crc: u32 | length: u32 | payload: length bytes
+    payload := type: u8 (1 = write batch) | count: u32 | entry * count
+    entry   := kind: u8 | timeline_len: u16 | seq: u64 | expires_at: u64
+               | value_len: u32 | timeline_id | value
+
+``crc`` is zlib's CRC-32 of the 4 length bytes followed by the payload. A
+batch is one record, so recovery applies all of its entries or none.
+
+Recovery reads records until the first one that is incomplete or fails its
+checksum, keeps everything before it and reports what it dropped. Only the
+tail can be torn when the process or machine dies mid-write, and a tail of
+zero bytes (preallocated or never written) is recognised and dropped too.
+"""
+
+import logging
+import struct
+import zlib
+
+from .errors import CorruptionError
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_BATCH_HEADER = struct.Struct("<BI")
+_ENTRY = struct.Struct("<BHQQI")
+
+RECORD_BATCH = 1
+
+HEADER_SIZE = _HEADER.size
+
+
+def encode_batch(entries):
+    """Return one log record holding entries, a list of 5-tuples (see tlsm.keys)."""
+    parts = [_BATCH_HEADER.pack(RECORD_BATCH, len(entries))]
+    pack = _ENTRY.pack
+    for timeline_id, seq, kind, expires_at, value in entries:
+        parts.append(pack(kind, len(timeline_id), seq, expires_at, len(value)))
+        parts.append(timeline_id)
+        parts.append(value)
+    payload = b"".join(parts)
+    length = struct.pack("<I", len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(length))
+    return struct.pack("<I", crc) + length + payload
+
+
+def decode_batch(payload, path, offset):
+    """Return the entries of a batch payload; raises CorruptionError if malformed."""
+    if len(payload) < _BATCH_HEADER.size:
+        raise CorruptionError(f"{path}: short batch at offset {offset}", path, offset)
+    record_type, count = _BATCH_HEADER.unpack_from(payload, 0)
+    if record_type != RECORD_BATCH:
+        raise CorruptionError(
+            f"{path}: unknown record type {record_type} at offset {offset}", path, offset
+        )
+    entries = []
+    pos = _BATCH_HEADER.size
+    unpack = _ENTRY.unpack_from
+    entry_size = _ENTRY.size
+    for _ in range(count):
+        if pos + entry_size > len(payload):
+            raise CorruptionError(f"{path}: truncated entry at offset {offset}", path, offset)
+        kind, tl_len, seq, expires_at, value_len = unpack(payload, pos)
+        pos += entry_size
+        end = pos + tl_len + value_len
+        if end > len(payload):
+            raise CorruptionError(f"{path}: entry overruns record at offset {offset}", path, offset)
+        timeline_id = bytes(payload[pos : pos + tl_len])
+        value = bytes(payload[pos + tl_len : end])
+        pos = end
+        entries.append((timeline_id, seq, kind, expires_at, value))
+    if pos != len(payload):
+        raise CorruptionError(
+            f"{path}: {len(payload) - pos} trailing bytes in record at offset {offset}",
+            path,
+            offset,
+        )
+    return entries
+
+
+class LogWriter:
+    """Appends records to one log file.
+
+    A failed append is undone by truncating the file back to where the
+    record started, so a later record never follows a torn one. If even the
+    truncation fails, ``broken`` is set and the caller must stop writing.
+    """
+
+    def __init__(self, file):
+        self.file = file
+        self.broken = None
+
+    @property
+    def path(self):
+        return self.file.path
+
+    @property
+    def size(self):
+        return self.file.size
+
+    def add_record(self, record, sync):
+        start = self.file.size
+        try:
+            self.file.write(record)
+            if sync:
+                self.file.sync()
+        except Exception as exc:
+            try:
+                self.file.truncate(start)
+            except Exception as undo_exc:
+                self.broken = undo_exc
+            raise exc
+
+    def sync(self):
+        self.file.sync()
+
+    def close(self):
+        self.file.close()
+
+
+class RecoveredLog:
+    """The result of reading one log: its batches and what was dropped at the end."""
+
+    def __init__(self, path, batches, valid_bytes, dropped_bytes, reason):
+        self.path = path
+        self.batches = batches
+        self.valid_bytes = valid_bytes
+        self.dropped_bytes = dropped_bytes
+        self.reason = reason
+
+
+def read_log(fs, path):
+    """Read every intact record of a log file.
+
+    Never raises for a damaged tail: it stops at the first incomplete or
+    corrupt record, logs a WARNING naming the file, offset and bytes
+    dropped, and returns the batches before it.
+    """
+    data = fs.read_all(path)
+    batches = []
+    pos = 0
+    reason = None
+    size = len(data)
+    while pos < size:
+        if pos + HEADER_SIZE > size:
+            reason = "truncated record header"
+            break
+        crc, length = _HEADER.unpack_from(data, pos)
+        if crc == 0 and length == 0 and not any(data[pos:]):
+            reason = "zero-filled tail"
+            break
+        end = pos + HEADER_SIZE + length
+        if end > size:
+            reason = f"record of {length} bytes runs past end of file"
+            break
+        if zlib.crc32(data[pos + 4 : end]) != crc:
+            reason = "checksum mismatch"
+            break
+        try:
+            batches.append(decode_batch(memoryview(data)[pos + HEADER_SIZE : end], path, pos))
+        except CorruptionError as exc:
+            reason = str(exc)
+            break
+        pos = end
+    dropped = size - pos
+    if dropped:
+        log.warning(
+            "log %s: dropped %d bytes at offset %d (%s); the %d records before it are kept",
+            path,
+            dropped,
+            pos,
+            reason,
+            len(batches),
+        )
+    return RecoveredLog(path, batches, pos, dropped, reason)
