@@ -50,8 +50,15 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
           crash loses nothing acknowledged; a power loss or kernel crash may
           lose the writes of the last few seconds that the OS had not yet
           written back, and seqs of lost writes may then be assigned again.
+        "periodic": as "none", and a background thread fdatasyncs the log
+          every sync_interval_ms. A process crash loses nothing
+          acknowledged; a power loss loses at most the writes acknowledged
+          in the last sync_interval_ms plus the duration of one fsync.
         "always": the log is fdatasync'ed before append() returns. Neither a
           process crash nor a power loss loses an acknowledged write.
+        append(..., sync=False) followed by db.sync() gives "always"
+        durability to a group of writes for the cost of one fsync.
+      sync_interval_ms: period of the "periodic" mode's fsync (100).
       memtable_bytes: memtable size that triggers a flush (32 MiB).
       block_bytes: target size of a table data block before compression (4 KiB).
       block_cache_bytes: bound of the decoded-block cache (64 MiB).

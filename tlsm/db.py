@@ -45,10 +45,11 @@ from .wal import LogWriter, encode_batch, read_log
 
 log = logging.getLogger(__name__)
 
-SYNC_MODES = ("none", "always")
+SYNC_MODES = ("none", "periodic", "always")
 
 DEFAULT_OPTIONS = {
     "sync": "none",
+    "sync_interval_ms": 100,
     "memtable_bytes": 32 * 1024 * 1024,
     "block_bytes": 4096,
     "block_cache_bytes": 64 * 1024 * 1024,
@@ -105,6 +106,7 @@ def _check_options(options):
         ("level_fanout", 2),
         ("max_payload_bytes", 1),
         ("max_batch_bytes", 1),
+        ("sync_interval_ms", 1),
     ):
         value = merged[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -129,6 +131,7 @@ class DB:
         self.path = os.fspath(path)
         self._fs = self._options["fs"] or OsFileSystem()
         self._sync = self._options["sync"] == "always"
+        self._stop_syncer = threading.Event()
         self._max_payload = self._options["max_payload_bytes"]
         self._write_lock = threading.Lock()
         self._visible_lock = threading.Lock()
@@ -157,6 +160,12 @@ class DB:
             target=self._background_loop, name=f"tlsm-bg {self.path}", daemon=True
         )
         self._thread.start()
+        self._syncer = None
+        if self._options["sync"] == "periodic":
+            self._syncer = threading.Thread(
+                target=self._periodic_sync_loop, name=f"tlsm-sync {self.path}", daemon=True
+            )
+            self._syncer.start()
 
     # -- open and recovery ---------------------------------------------
 
@@ -255,22 +264,27 @@ class DB:
 
     # -- writes ----------------------------------------------------------
 
-    def append(self, timeline_id, payload):
+    def append(self, timeline_id, payload, *, sync=None):
         """Append payload to timeline_id and return its seq (1, 2, 3, ...).
 
         The write is in the log before this returns; see tlsm.open for what
-        each sync mode keeps after a crash. Raises InvalidArgumentError for
-        a bad timeline_id or payload, StorageIOError when the log write
-        fails (nothing is then written), ClosedError after close().
+        each sync mode keeps after a crash. sync=True fsyncs the log before
+        returning whatever the database's mode; sync=False skips the fsync
+        of sync="always" mode, for callers that group several writes and
+        then call sync() once before acknowledging them. Raises
+        InvalidArgumentError for a bad timeline_id or payload,
+        StorageIOError when the log write fails (nothing is then written),
+        ClosedError after close().
         """
-        return self.append_batch(((timeline_id, payload),))[0]
+        return self.append_batch(((timeline_id, payload),), sync=sync)[0]
 
-    def append_batch(self, entries):
+    def append_batch(self, entries, *, sync=None):
         """Append several (timeline_id, payload) pairs atomically; return their seqs.
 
         All entries become durable and visible together, or none do. Entries
         for the same timeline get consecutive seqs in the order given. Every
-        entry is validated before anything is written.
+        entry is validated before anything is written. sync is as for
+        append().
         """
         items = []
         total = 0
@@ -303,7 +317,7 @@ class DB:
                 seqs.append(seq)
                 records.append((timeline_id, seq, keys.KIND_PUT, 0, data))
             record = encode_batch(records)
-            self._log.add_record(record, self._sync)
+            self._log.add_record(record, self._sync if sync is None else sync)
             active = self._active
             with self._visible_lock:
                 for entry in records:
@@ -346,7 +360,7 @@ class DB:
         """Turn the active memtable into the immutable one and start a new log."""
         number = self._manifest.allocate_file_number()
         new_log = LogWriter(self._fs.create(os.path.join(self.path, _log_name(number))))
-        if self._sync:
+        if self._options["sync"] != "none":
             self._fs.sync_dir(self.path)
         old_log = self._log
         with self._work:
@@ -356,7 +370,31 @@ class DB:
                 self._log = new_log
                 self._install_version()
             self._work.notify_all()
-        old_log.close()
+        # Syncing the old log here keeps sync() and the periodic mode's
+        # promise for records written just before the switch.
+        old_log.close(sync=self._options["sync"] != "none")
+
+    def sync(self):
+        """Make every write acknowledged so far durable against power loss.
+
+        Costs one fdatasync of the log when it has unsynced records, and
+        nothing otherwise. Safe to call from any thread.
+        """
+        if self._closed:
+            raise ClosedError(f"database {self.path} is closed")
+        self._log.sync()
+
+    def _periodic_sync_loop(self):
+        interval = self._options["sync_interval_ms"] / 1000
+        while not self._stop_syncer.wait(interval):
+            try:
+                self._log.sync()
+            except Exception as exc:
+                log.error("periodic sync of %s failed: %s", self.path, exc)
+                with self._work:
+                    self._background_error = exc
+                    self._work.notify_all()
+                return
 
     def _last_seq_locked(self, timeline_id):
         seq = self._last_seqs.get(timeline_id)
@@ -634,7 +672,10 @@ class DB:
                 self._closing = True
                 self._work.notify_all()
             self._thread.join()
-            self._log.close()
+            self._stop_syncer.set()
+            if self._syncer is not None:
+                self._syncer.join()
+            self._log.close(sync=self._options["sync"] != "none")
             with self._visible_lock:
                 self._closed = True
             for table in self._tables.values():

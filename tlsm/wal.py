@@ -19,6 +19,7 @@ zero bytes (preallocated or never written) is recognised and dropped too.
 
 import logging
 import struct
+import threading
 import zlib
 
 from .errors import CorruptionError
@@ -88,11 +89,16 @@ class LogWriter:
     A failed append is undone by truncating the file back to where the
     record started, so a later record never follows a torn one. If even the
     truncation fails, ``broken`` is set and the caller must stop writing.
+    ``sync`` may run in another thread than ``add_record``; after ``close``
+    it does nothing, because close syncs first.
     """
 
     def __init__(self, file):
         self.file = file
         self.broken = None
+        self.synced_size = file.size
+        self._sync_lock = threading.Lock()
+        self._closed = False
 
     @property
     def path(self):
@@ -107,7 +113,7 @@ class LogWriter:
         try:
             self.file.write(record)
             if sync:
-                self.file.sync()
+                self.sync()
         except Exception as exc:
             try:
                 self.file.truncate(start)
@@ -116,10 +122,27 @@ class LogWriter:
             raise exc
 
     def sync(self):
-        self.file.sync()
+        """Make every record appended so far durable against power loss."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            size = self.file.size
+            if size > self.synced_size:
+                self.file.sync()
+                self.synced_size = max(self.synced_size, size)
 
-    def close(self):
-        self.file.close()
+    def close(self, sync=True):
+        """Close the file, syncing unsynced records first unless sync is False."""
+        with self._sync_lock:
+            if self._closed:
+                return
+            try:
+                if sync and self.file.size > self.synced_size and self.broken is None:
+                    self.file.sync()
+                    self.synced_size = self.file.size
+            finally:
+                self._closed = True
+                self.file.close()
 
 
 class RecoveredLog:
