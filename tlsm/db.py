@@ -1,8 +1,8 @@
 """The embedded engine: an LSM tree keyed by (timeline_id, seq).
 
-Write path: a writer validates its entries, takes the write lock, assigns
-each timeline its next seqs, appends one log record for the whole batch
-(and fsyncs it in sync="always" mode), then inserts the entries into the
+Write path: a writer validates its operations, takes the write lock,
+assigns each timeline its next seqs, appends one log record for the whole
+batch (and fsyncs it in sync="always" mode), then applies the batch to the
 active memtable under the short visibility lock, so readers see a batch
 whole or not at all, and see seq N of a timeline before N+1.
 
@@ -10,20 +10,19 @@ When the active memtable reaches memtable_bytes it becomes immutable, a new
 log starts, and the background thread writes it to a level-0 table, records
 the table in the manifest and deletes the log. A writer that fills the new
 memtable before that flush ends waits for it (a write stall, bounded by one
-flush). The same thread compacts: when a level holds level_fanout tables,
-it merges them into one table that becomes the newest of the next level.
+flush). The same thread compacts (see tlsm.compaction).
 
 Recovery (open): read the manifest, replay every log it does not mark as
 flushed into a memtable, write that memtable to a level-0 table, start a
 new log, save the manifest, then delete the flushed logs and any table file
 the manifest does not name (the output of an interrupted flush or
 compaction). The next seq of a timeline is one above the highest seq found
-in any memtable or in any table summary, so it continues above every
-acknowledged seq.
+in any memtable or table summary, so it continues above every acknowledged
+seq, deleted and expired ones included.
 
-Reads take a version (memtables and tables) under the visibility lock and
-then read without locks: memtable runs only grow, and a table removed by
-compaction stays readable through its open descriptor until the last
+Reads take a view (memtables, tables, tombstones) under the visibility lock
+and then read without locks: memtable runs only grow, and a table removed
+by compaction stays readable through its open descriptor until the last
 reader drops it.
 """
 
@@ -34,13 +33,16 @@ import threading
 import time
 import weakref
 
+from . import compaction
 from . import keys
 from . import merge as merge_module
+from . import tombstones as tomb
 from .errors import ClosedError, InvalidArgumentError, StorageIOError
 from .fs import OsFileSystem
 from .manifest import Manifest, TableInfo
 from .memtable import Memtable
-from .sstable import BlockCache, Table, TableWriter
+from .sstable import BlockCache, SSTable, TableWriter
+from .table import OP_APPEND, Snapshot, Table, WriteBatch, check_ttl
 from .wal import LogWriter, encode_batch, read_log
 
 log = logging.getLogger(__name__)
@@ -55,13 +57,16 @@ DEFAULT_OPTIONS = {
     "block_cache_bytes": 64 * 1024 * 1024,
     "compression": True,
     "level_fanout": 4,
+    "expiry_check_seconds": 60.0,
     "max_payload_bytes": keys.DEFAULT_MAX_PAYLOAD_BYTES,
     "max_batch_bytes": 64 * 1024 * 1024,
     "create_if_missing": True,
+    "clock": None,
     "fs": None,
 }
 
 _FILE_NAME = re.compile(r"^(\d{6,})\.(log|sst)$")
+_TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _END = keys.MAX_SEQ + 1
 
 
@@ -74,13 +79,29 @@ def _table_name(number):
 
 
 class _Version:
-    """An immutable view of the sources a read consults, newest first."""
+    """An immutable list of the sources a read consults, newest first."""
 
     __slots__ = ("memtables", "tables")
 
     def __init__(self, memtables, tables):
         self.memtables = memtables
         self.tables = tables
+
+
+class _View:
+    """What one read sees: a version, the tombstones, and snapshot bounds.
+
+    ``bounds`` is None for a live read. For a snapshot it maps a key to its
+    last seq when the snapshot was taken; memtable entries above that seq,
+    or of a key absent from it, came later and are skipped.
+    """
+
+    __slots__ = ("version", "tombstones", "bounds")
+
+    def __init__(self, version, tombstones, bounds):
+        self.version = version
+        self.tombstones = tombstones
+        self.bounds = bounds
 
 
 class _Cancelled(Exception):
@@ -116,6 +137,11 @@ def _check_options(options):
             f"option max_payload_bytes={merged['max_payload_bytes']} is above the "
             f"limit of {keys.MAX_PAYLOAD_BYTES_LIMIT}"
         )
+    check = merged["expiry_check_seconds"]
+    if isinstance(check, bool) or not isinstance(check, (int, float)) or check <= 0:
+        raise InvalidArgumentError(f"option expiry_check_seconds={check!r} must be > 0")
+    if merged["clock"] is not None and not callable(merged["clock"]):
+        raise InvalidArgumentError("option clock must be a callable returning Unix seconds")
     return merged
 
 
@@ -123,36 +149,45 @@ class DB:
     """A tlsm database in one directory. Use tlsm.open() to create one.
 
     All methods are thread-safe. A DB is a context manager that closes on
-    exit. See tlsm.open for options and durability guarantees.
+    exit. The read and write methods act on the table named "default"; see
+    table() for others. See tlsm.open for options and durability.
     """
 
     def __init__(self, path, **options):
         self._options = _check_options(options)
         self.path = os.fspath(path)
         self._fs = self._options["fs"] or OsFileSystem()
+        self._clock = self._options["clock"] or time.time
         self._sync = self._options["sync"] == "always"
-        self._stop_syncer = threading.Event()
         self._max_payload = self._options["max_payload_bytes"]
         self._write_lock = threading.Lock()
         self._visible_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
         self._work = threading.Condition(threading.Lock())
+        self._stop_syncer = threading.Event()
         self._cache = BlockCache(self._options["block_cache_bytes"])
         self._closed = True
         self._closing = False
         self._background_error = None
         self._last_seqs = {}
-        self._stats = {
-            "flushes": 0,
-            "flush_bytes": 0,
-            "compactions": 0,
-            "compaction_bytes_read": 0,
-            "compaction_bytes_written": 0,
-            "stall_seconds": 0.0,
-            "wal_bytes": 0,
-            "user_bytes": 0,
-            "recovered_entries": 0,
-            "recovery_dropped_bytes": 0,
-        }
+        self._tombstones = {}
+        self._stats = dict.fromkeys(
+            (
+                "flushes",
+                "flush_bytes",
+                "compactions",
+                "compaction_bytes_read",
+                "compaction_bytes_written",
+                "dropped_expired",
+                "dropped_deleted",
+                "wal_bytes",
+                "user_bytes",
+                "recovered_entries",
+                "recovery_dropped_bytes",
+            ),
+            0,
+        )
+        self._stats["stall_seconds"] = 0.0
         self._lock_token = None
         self._open()
         self._closed = False
@@ -166,6 +201,9 @@ class DB:
                 target=self._periodic_sync_loop, name=f"tlsm-sync {self.path}", daemon=True
             )
             self._syncer.start()
+
+    def _now_ms(self):
+        return self._clock() * 1000
 
     # -- open and recovery ---------------------------------------------
 
@@ -199,30 +237,28 @@ class DB:
         # next_file_number does not cover; never hand that number out again.
         manifest.next_file_number = max(manifest.next_file_number, highest + 1)
         self._manifest = manifest
-
-        recovered = Memtable(0)
-        replayed = sorted(n for n in numbers["log"] if n >= manifest.log_number)
-        for number in replayed:
-            result = read_log(fs, os.path.join(self.path, _log_name(number)))
-            self._stats["recovery_dropped_bytes"] += result.dropped_bytes
-            for batch in result.batches:
-                for entry in batch:
-                    recovered.add(*entry)
-        self._stats["recovered_entries"] = len(recovered)
+        self._table_handles = {}
+        for name, spec in manifest.tables.items():
+            self._table_handles[name] = Table(self, name, spec["id"], spec["ttl"])
+        self._default = self._table_handles["default"]
 
         self._tables = {}
         for level in manifest.levels:
             for info in level:
-                self._tables[info.number] = self._make_table(info)
+                table = self._tables[info.number] = self._make_table(info)
+                table.open()
+                for key, start, end in table.tombstones:
+                    self._add_tombstone(key, start, end)
 
-        if len(recovered):
-            info = self._write_table(recovered.entries(), extra_summary=None)
+        recovered = self._replay_logs(sorted(n for n in numbers["log"] if n >= manifest.log_number))
+        if len(recovered) or recovered.tombstones:
+            info = self._write_table(recovered.entries(), recovered.tombstones, None)
             manifest.levels[0].insert(0, info)
             self._tables[info.number] = self._make_table(info)
+            self._tables[info.number].open()
 
         log_number = manifest.allocate_file_number()
-        log_path = os.path.join(self.path, _log_name(log_number))
-        self._log = LogWriter(fs.create(log_path))
+        self._log = LogWriter(fs.create(os.path.join(self.path, _log_name(log_number))))
         fs.sync_dir(self.path)
         manifest.log_number = log_number
         manifest.save(fs, self.path)
@@ -239,93 +275,215 @@ class DB:
         self._immutable = None
         self._install_version()
         log.info(
-            "opened %s: %d tables, %d log entries replayed from %d logs, "
-            "%d damaged bytes dropped, %.1f ms",
+            "opened %s: %d tables, %d log entries replayed, %d damaged bytes dropped, %.1f ms",
             self.path,
             len(self._tables),
-            len(recovered),
-            len(replayed),
+            self._stats["recovered_entries"],
             self._stats["recovery_dropped_bytes"],
             (time.monotonic() - started) * 1000,
         )
 
+    def _replay_logs(self, log_numbers):
+        recovered = Memtable(0)
+        for number in log_numbers:
+            result = read_log(self._fs, os.path.join(self.path, _log_name(number)))
+            self._stats["recovery_dropped_bytes"] += result.dropped_bytes
+            for batch in result.batches:
+                for key, seq, kind, expires_at, value in batch:
+                    if kind == keys.KIND_RANGE_DELETE:
+                        end = int.from_bytes(value, "little")
+                        recovered.add_tombstone(key, seq, end)
+                        self._add_tombstone(key, seq, end)
+                    else:
+                        recovered.add(key, seq, kind, expires_at, value)
+        self._stats["recovered_entries"] = len(recovered)
+        return recovered
+
     def _make_table(self, info):
         path = os.path.join(self.path, _table_name(info.number))
-        table = Table(self._fs, path, info.number, info.size, self._cache)
+        table = SSTable(self._fs, path, info.number, info.size, self._cache)
         # A table dropped by compaction is closed only when the last reader
         # lets go of it; its file is already unlinked by then.
-        weakref.finalize(table, Table.close, table)
+        weakref.finalize(table, SSTable.close, table)
         return table
 
     def _install_version(self):
-        memtables = (self._active,) if self._immutable is None else (self._active, self._immutable)
-        tables = tuple(self._tables[info.number] for level in self._manifest.levels for info in level)
+        if self._immutable is None:
+            memtables = (self._active,)
+        else:
+            memtables = (self._active, self._immutable)
+        levels = self._manifest.levels
+        tables = tuple(self._tables[info.number] for level in levels for info in level)
         self._version = _Version(memtables, tables)
+
+    def _add_tombstone(self, key, start, end):
+        self._tombstones[key] = tomb.add_interval(self._tombstones.get(key, ()), start, end)
+
+    # -- tables ----------------------------------------------------------
+
+    def table(self, name, *, ttl=...):
+        """Return the table called name, creating it if needed.
+
+        ttl (seconds, or None for no expiry) sets the table's default TTL:
+        given for a new table it is stored with it; given for an existing
+        table it replaces the stored default, which applies to entries
+        appended from then on. Omitted, a new table keeps entries forever.
+        Names are 1 to 64 characters of letters, digits, "_", "-" and ".".
+        """
+        self._current_version()
+        if not isinstance(name, str) or not _TABLE_NAME.match(name):
+            raise InvalidArgumentError(
+                f"table name {name!r} is invalid: use 1 to 64 letters, digits, '_', '-' or '.'"
+            )
+        new_ttl = None if ttl is ... else check_ttl(ttl)
+        with self._work:
+            handle = self._table_handles.get(name)
+            if handle is not None and (ttl is ... or handle.ttl == new_ttl):
+                return handle
+            if handle is None:
+                used = {spec["id"] for spec in self._manifest.tables.values()}
+                free = next((i for i in range(keys.MAX_TABLES) if i not in used), None)
+                if free is None:
+                    raise InvalidArgumentError(
+                        f"cannot create table {name!r}: the limit of {keys.MAX_TABLES} tables is reached"
+                    )
+                handle = Table(self, name, free, new_ttl)
+            else:
+                handle.ttl = new_ttl
+            self._manifest.tables[name] = {"id": handle.table_id, "ttl": new_ttl}
+            self._manifest.save(self._fs, self.path)
+            self._table_handles[name] = handle
+            return handle
+
+    def tables(self):
+        """Return the names of all tables."""
+        return sorted(self._table_handles)
+
+    def _resolve_table(self, table):
+        if table is None:
+            return self._default
+        if isinstance(table, Table):
+            if table._db is not self:
+                raise InvalidArgumentError(f"table {table.name!r} belongs to another database")
+            return table
+        handle = self._table_handles.get(table)
+        if handle is None:
+            raise InvalidArgumentError(f"table {table!r} not found; create it with db.table()")
+        return handle
 
     # -- writes ----------------------------------------------------------
 
-    def append(self, timeline_id, payload, *, sync=None):
+    def append(self, timeline_id, payload, *, ttl=None, sync=None):
         """Append payload to timeline_id and return its seq (1, 2, 3, ...).
 
         The write is in the log before this returns; see tlsm.open for what
         each sync mode keeps after a crash. sync=True fsyncs the log before
         returning whatever the database's mode; sync=False skips the fsync
         of sync="always" mode, for callers that group several writes and
-        then call sync() once before acknowledging them. Raises
-        InvalidArgumentError for a bad timeline_id or payload,
-        StorageIOError when the log write fails (nothing is then written),
-        ClosedError after close().
+        then call sync() once before acknowledging them. ttl (seconds) makes
+        the entry expire. Raises InvalidArgumentError for a bad timeline_id
+        or payload, StorageIOError when the log write fails (nothing is then
+        written), ClosedError after close().
         """
-        return self.append_batch(((timeline_id, payload),), sync=sync)[0]
+        return self._default.append(timeline_id, payload, ttl=ttl, sync=sync)
 
-    def append_batch(self, entries, *, sync=None):
+    def append_batch(self, entries, *, ttl=None, sync=None):
         """Append several (timeline_id, payload) pairs atomically; return their seqs.
 
         All entries become durable and visible together, or none do. Entries
         for the same timeline get consecutive seqs in the order given. Every
-        entry is validated before anything is written. sync is as for
-        append().
+        entry is validated before anything is written. sync and ttl are as
+        for append(); use batch() or write() for batches across tables.
         """
-        items = []
-        total = 0
-        for timeline_id, payload in entries:
-            encoded = keys.encode_timeline_id(timeline_id)
-            data = keys.check_payload(payload, self._max_payload)
-            total += len(encoded) + len(data)
-            items.append((encoded, data))
+        return self._default.append_batch(entries, ttl=ttl, sync=sync)
+
+    def delete(self, timeline_id, seq, *, sync=None):
+        """Delete one entry; its seq is never assigned again."""
+        self._default.delete(timeline_id, seq, sync=sync)
+
+    def trim(self, timeline_id, before_seq, *, sync=None):
+        """Delete every entry with seq < before_seq, as one range tombstone."""
+        self._default.trim(timeline_id, before_seq, sync=sync)
+
+    def delete_timeline(self, timeline_id, *, sync=None):
+        """Delete every entry of the timeline; later appends continue above its last seq."""
+        self._default.delete_timeline(timeline_id, sync=sync)
+
+    def batch(self, *, sync=None):
+        """Return an empty WriteBatch; as a context manager it writes on exit."""
+        self._current_version()
+        return WriteBatch(self, sync)
+
+    def write(self, batch, *, sync=None):
+        """Apply a WriteBatch atomically.
+
+        Returns one result per operation in order: the seq of each append,
+        None for each delete.
+        """
+        if batch._db is not self:
+            raise InvalidArgumentError("write batch belongs to another database")
+        self._check_batch_size(batch.ops)
+        return self._write(batch.ops, sync)
+
+    def _check_batch_size(self, ops):
+        total = sum(len(op[1]) + len(op[2]) for op in ops if op[0] == OP_APPEND)
         if total > self._options["max_batch_bytes"]:
             raise InvalidArgumentError(
                 f"write batch is {total} bytes, above the limit of "
                 f"{self._options['max_batch_bytes']} bytes (option max_batch_bytes)"
             )
-        if not items:
+
+    def _write(self, ops, sync):
+        if not ops:
             return []
         with self._write_lock:
             self._check_writable()
             self._make_room()
-            assigned = {}
-            seqs = []
-            records = []
-            for timeline_id, data in items:
-                last = assigned.get(timeline_id)
-                if last is None:
-                    last = self._last_seq_locked(timeline_id)
-                seq = last + 1
-                if seq > keys.MAX_SEQ:
-                    raise InvalidArgumentError(f"timeline {timeline_id!r} has no seq left")
-                assigned[timeline_id] = seq
-                seqs.append(seq)
-                records.append((timeline_id, seq, keys.KIND_PUT, 0, data))
+            results, records, assigned = self._assign_seqs(ops)
+            if not records:
+                return results
             record = encode_batch(records)
             self._log.add_record(record, self._sync if sync is None else sync)
             active = self._active
             with self._visible_lock:
                 for entry in records:
-                    active.add(*entry)
+                    if entry[2] == keys.KIND_RANGE_DELETE:
+                        end = int.from_bytes(entry[4], "little")
+                        active.add_tombstone(entry[0], entry[1], end)
+                        self._add_tombstone(entry[0], entry[1], end)
+                    else:
+                        active.add(*entry)
                 self._last_seqs.update(assigned)
             self._stats["wal_bytes"] += len(record)
-            self._stats["user_bytes"] += total
-        return seqs
+            self._stats["user_bytes"] += sum(len(entry[4]) + len(entry[0]) for entry in records)
+        return results
+
+    def _assign_seqs(self, ops):
+        """Turn operations into log entries, assigning seqs and clamping deletes."""
+        assigned = {}
+        results = []
+        records = []
+        for op, key, first, second in ops:
+            last = assigned.get(key)
+            if last is None:
+                last = self._last_seq_locked(key)
+            if op == OP_APPEND:
+                seq = last + 1
+                if seq > keys.MAX_SEQ:
+                    raise InvalidArgumentError(f"timeline {key[1:]!r} has no seq left")
+                assigned[key] = seq
+                results.append(seq)
+                records.append((key, seq, keys.KIND_PUT, second, first))
+            else:
+                # A tombstone never reaches past the last assigned seq, so it
+                # cannot hide entries appended after it.
+                end = last + 1 if second is None else min(second, last + 1)
+                assigned[key] = last
+                results.append(None)
+                if first < end:
+                    value = end.to_bytes(8, "little")
+                    records.append((key, first, keys.KIND_RANGE_DELETE, 0, value))
+        return results, records, assigned
 
     def _check_writable(self):
         if self._closed or self._closing:
@@ -337,7 +495,7 @@ class DB:
             )
         if self._background_error is not None:
             raise StorageIOError(
-                f"background flush failed ({self._background_error}); writes are "
+                f"background work failed ({self._background_error}); writes are "
                 "disabled, acknowledged data is safe in the log; reopen the database"
             )
 
@@ -396,20 +554,21 @@ class DB:
                     self._work.notify_all()
                 return
 
-    def _last_seq_locked(self, timeline_id):
-        seq = self._last_seqs.get(timeline_id)
+    def _last_seq_locked(self, key):
+        seq = self._last_seqs.get(key)
         if seq is None:
-            seq = self._max_seq_in(self._version, timeline_id)
-            self._last_seqs[timeline_id] = seq
+            seq = self._max_seq_in(self._version, key)
+            self._last_seqs[key] = seq
         return seq
 
     @staticmethod
-    def _max_seq_in(version, timeline_id):
+    def _max_seq_in(version, key, memtables=True):
         seq = 0
-        for memtable in version.memtables:
-            seq = max(seq, memtable.last_seq(timeline_id))
+        if memtables:
+            for memtable in version.memtables:
+                seq = max(seq, memtable.last_seq(key))
         for table in version.tables:
-            seq = max(seq, table.max_seq(timeline_id))
+            seq = max(seq, table.max_seq(key))
         return seq
 
     # -- reads -----------------------------------------------------------
@@ -419,75 +578,141 @@ class DB:
             raise ClosedError(f"database {self.path} is closed")
         return self._version
 
-    def last_seq(self, timeline_id):
-        """Return the highest seq appended to timeline_id, or 0 if none ever was."""
-        encoded = keys.encode_timeline_id(timeline_id)
+    def _live_view(self):
+        return _View(self._current_version(), self._tombstones, None)
+
+    def snapshot(self):
+        """Return a Snapshot: a consistent read-only view as of now, across tables."""
         with self._visible_lock:
-            version = self._current_version()
-            seq = self._last_seqs.get(encoded)
-        if seq is None:
-            seq = self._max_seq_in(version, encoded)
-        return seq
+            view = _View(self._current_version(), dict(self._tombstones), dict(self._last_seqs))
+        return Snapshot(self, view)
 
-    def get(self, timeline_id, seq):
-        """Return the payload at (timeline_id, seq), or None when there is none."""
-        encoded = keys.encode_timeline_id(timeline_id)
-        keys.check_seq(seq)
-        with self._visible_lock:
-            version = self._current_version()
-            for memtable in version.memtables:
-                entry = memtable.get(encoded, seq)
-                if entry is not None:
-                    return self._visible_value(entry)
-        for table in version.tables:
-            entry = table.get(encoded, seq)
-            if entry is not None:
-                return self._visible_value(entry)
-        return None
+    def last_seq(self, timeline_id, *, snapshot=None):
+        """Return the highest seq appended to timeline_id, or 0 if none ever was.
 
-    @staticmethod
-    def _visible_value(entry):
-        if entry[2] != keys.KIND_PUT:
-            return None
-        expires_at = entry[3]
-        if expires_at and expires_at <= time.time() * 1000:
-            return None
-        return entry[4]
+        Deleting or expiring entries never lowers it.
+        """
+        return self._default.last_seq(timeline_id, snapshot=snapshot)
 
-    def scan(self, timeline_id, start=None, end=None, limit=None, reverse=False):
+    def get(self, timeline_id, seq, *, snapshot=None):
+        """Return the payload at (timeline_id, seq), or None when absent, deleted or expired."""
+        return self._default.get(timeline_id, seq, snapshot=snapshot)
+
+    def scan(self, timeline_id, start=None, end=None, limit=None, reverse=False, *, snapshot=None):
         """Iterate (seq, payload) of timeline_id with start <= seq < end.
 
         Ascending by default, descending with reverse=True (from the highest
         seq below end). None bounds are open; at most limit pairs are
-        returned. The iterator reads one consistent snapshot, taken when
-        scan() is called, and loads table blocks lazily, so a scan over a
-        huge timeline holds only the blocks it is on.
+        returned. The iterator reads one consistent view, taken when scan()
+        is called (or the snapshot's), and loads table blocks lazily, so a
+        scan over a huge timeline holds only the blocks it is on. Deleted
+        ranges are skipped without reading them.
         """
-        encoded = keys.encode_timeline_id(timeline_id)
+        return self._default.scan(timeline_id, start, end, limit, reverse, snapshot=snapshot)
+
+    def _last_seq(self, key, snapshot):
+        if snapshot is not None:
+            view = snapshot.view(self)
+            bound = view.bounds.get(key)
+            if bound is not None:
+                return bound
+            return self._max_seq_in(view.version, key, memtables=False)
+        with self._visible_lock:
+            version = self._current_version()
+            seq = self._last_seqs.get(key)
+        if seq is None:
+            seq = self._max_seq_in(version, key)
+        return seq
+
+    def _get(self, key, seq, snapshot):
+        if snapshot is not None:
+            view = snapshot.view(self)
+            bound = view.bounds.get(key, 0)
+            entry = None
+            if seq <= bound:
+                entry = self._find_in_memtables(view.version, key, seq)
+        else:
+            with self._visible_lock:
+                view = self._live_view()
+                entry = self._find_in_memtables(view.version, key, seq)
+        if tomb.covers(view.tombstones.get(key), seq):
+            return None
+        if entry is None:
+            for table in view.version.tables:
+                entry = table.get(key, seq)
+                if entry is not None:
+                    break
+        if entry is None or entry[2] != keys.KIND_PUT:
+            return None
+        if entry[3] and entry[3] <= self._now_ms():
+            return None
+        return entry[4]
+
+    @staticmethod
+    def _find_in_memtables(version, key, seq):
+        for memtable in version.memtables:
+            entry = memtable.get(key, seq)
+            if entry is not None:
+                return entry
+        return None
+
+    def _scan(self, key, start, end, limit, reverse, snapshot):
         start = 0 if start is None else keys.check_seq(start, "start")
-        end = _END if end is None else keys.check_seq(end, "end") if end <= keys.MAX_SEQ else _END
+        if end is None or (isinstance(end, int) and not isinstance(end, bool) and end > keys.MAX_SEQ):
+            end = _END
+        else:
+            end = keys.check_seq(end, "end")
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise InvalidArgumentError(f"limit must be a non-negative int, not {limit!r}")
         if start >= end or limit == 0:
             return iter(())
-        with self._visible_lock:
-            version = self._current_version()
-            sources = [m.scan(encoded, start, end, reverse) for m in version.memtables]
-        sources.extend(t.scan(encoded, start, end, reverse) for t in version.tables)
-        return self._visible_pairs(merge_module.merge_entries(sources, reverse), limit)
+        if snapshot is not None:
+            view = snapshot.view(self)
+            segments = self._segments(view, key, start, end, reverse)
+            bound = view.bounds.get(key)
+            memory = [
+                [m.scan(key, low, min(high, bound + 1), reverse) for m in view.version.memtables]
+                if bound is not None
+                else []
+                for low, high in segments
+            ]
+        else:
+            with self._visible_lock:
+                view = self._live_view()
+                segments = self._segments(view, key, start, end, reverse)
+                memory = [
+                    [m.scan(key, low, high, reverse) for m in view.version.memtables]
+                    for low, high in segments
+                ]
+        return self._iterate_segments(view.version, key, segments, memory, limit, reverse)
 
     @staticmethod
-    def _visible_pairs(entries, limit):
-        now_ms = time.time() * 1000
+    def _segments(view, key, start, end, reverse):
+        segments = tomb.visible_segments(view.tombstones.get(key, ()), start, end)
+        if reverse:
+            segments.reverse()
+        return segments
+
+    def _iterate_segments(self, version, key, segments, memory, limit, reverse):
         remaining = -1 if limit is None else limit
-        for _timeline_id, seq, kind, expires_at, value in entries:
-            if kind != keys.KIND_PUT or (expires_at and expires_at <= now_ms):
-                continue
-            yield seq, value
-            remaining -= 1
-            if remaining == 0:
-                return
+        now_ms = self._now_ms()
+        kind_put = keys.KIND_PUT
+        for (low, high), sources in zip(segments, memory):
+            sources = sources + [
+                t.scan(key, low, high, reverse) for t in version.tables if t.may_contain(key, low, high)
+            ]
+            if len(sources) == 1:
+                entries = sources[0]
+            else:
+                entries = merge_module.merge_entries(sources, reverse)
+            for _key, seq, kind, expires_at, value in entries:
+                if kind != kind_put or (expires_at and expires_at <= now_ms):
+                    continue
+                yield seq, value
+                remaining -= 1
+                if remaining == 0:
+                    return
 
     # -- flush and compaction ------------------------------------------
 
@@ -495,7 +720,7 @@ class DB:
         """Write the active memtable to a table and wait until it is in the manifest."""
         with self._write_lock:
             self._check_writable()
-            if not len(self._active):
+            if not len(self._active) and not self._active.tombstones:
                 return
             with self._work:
                 while self._immutable is not None:
@@ -509,7 +734,7 @@ class DB:
         if self._background_error is not None:
             self._check_writable()
 
-    def _write_table(self, entries, extra_summary, cancellable=False):
+    def _write_table(self, entries, tombstones, extra_summary, cancellable=False):
         number = self._manifest.allocate_file_number()
         path = os.path.join(self.path, _table_name(number))
         writer = TableWriter(
@@ -520,9 +745,11 @@ class DB:
                 writer.add(entry)
                 if cancellable and not i & 4095 and self._closing:
                     raise _Cancelled()
+            for key, start, end in tombstones:
+                writer.add_tombstone(key, start, end)
             if extra_summary:
-                for timeline_id, max_seq in extra_summary.items():
-                    writer.add_summary(timeline_id, max_seq)
+                for key, max_seq in extra_summary.items():
+                    writer.add_summary(key, max_seq)
             size = writer.finish(sync=True)
         except BaseException:
             writer.abandon()
@@ -531,17 +758,21 @@ class DB:
         return TableInfo(number, size, writer.entry_count)
 
     def _background_loop(self):
+        interval = self._options["expiry_check_seconds"]
         while True:
             with self._work:
-                while self._immutable is None and not self._closing and not self._needs_compaction():
-                    self._work.wait()
+                if self._immutable is None and not self._closing and self._pick_level() is None:
+                    self._work.wait(interval)
                 if self._immutable is None and self._closing:
                     return
             try:
                 if self._immutable is not None:
                     self._flush_immutable()
-                elif self._needs_compaction():
-                    self._compact_one_level()
+                else:
+                    with self._compaction_lock:
+                        level = self._pick_level()
+                        if level is not None:
+                            self._compact_levels([level], level + 1, cancellable=True)
             except _Cancelled:
                 log.info("compaction of %s cancelled by close", self.path)
                 return
@@ -552,11 +783,17 @@ class DB:
                     self._work.notify_all()
                 return
 
+    def _pick_level(self):
+        return compaction.pick_level(
+            self._manifest.levels, self._tables, self._options["level_fanout"], self._now_ms()
+        )
+
     def _flush_immutable(self):
         memtable = self._immutable
         started = time.monotonic()
-        info = self._write_table(memtable.entries(), extra_summary=None)
+        info = self._write_table(memtable.entries(), memtable.tombstones, None)
         table = self._make_table(info)
+        table.open()
         with self._work:
             self._manifest.levels[0].insert(0, info)
             self._manifest.log_number = self._active.log_number
@@ -577,33 +814,51 @@ class DB:
             (time.monotonic() - started) * 1000,
         )
 
-    def _needs_compaction(self):
-        fanout = self._options["level_fanout"]
-        return any(len(level) >= fanout for level in self._manifest.levels)
+    def compact(self):
+        """Flush, then merge every table into one, dropping expired and deleted data.
 
-    def _compact_one_level(self):
-        """Merge every table of the first full level into one table of the next level."""
-        fanout = self._options["level_fanout"]
+        Runs in the calling thread. Afterwards no deleted or expired entry
+        and no tombstone takes space on disk.
+        """
+        self.flush()
+        with self._compaction_lock:
+            levels = self._manifest.levels
+            full = [i for i, level in enumerate(levels) if level]
+            if full:
+                self._compact_levels(full, max(1, len(levels) - 1), cancellable=False)
+
+    def _compact_levels(self, source_levels, target, cancellable):
+        """Merge every table of source_levels into one table, the newest of level target."""
         levels = self._manifest.levels
-        level = next(i for i, tables in enumerate(levels) if len(tables) >= fanout)
-        inputs = list(levels[level])
+        inputs = [info for index in source_levels for info in levels[index]]
         tables = [self._tables[info.number] for info in inputs]
         started = time.monotonic()
+        while len(levels) <= target:
+            levels.append([])
+        is_bottom = not any(levels[i] for i in range(target, len(levels)) if i not in source_levels)
         extra_summary = {}
+        tombstones = []
         for table in tables:
             table.load()
-            for timeline_id, (_, max_seq, _) in table.summary.items():
-                if max_seq > extra_summary.get(timeline_id, 0):
-                    extra_summary[timeline_id] = max_seq
-        merged = merge_module.merge_entries([t.entries() for t in tables])
-        info = self._write_table(merged, extra_summary, cancellable=True)
+            for key, (_, max_seq, _) in table.summary.items():
+                if max_seq > extra_summary.get(key, 0):
+                    extra_summary[key] = max_seq
+            if not is_bottom:
+                tombstones.extend(table.tombstones)
+        with self._visible_lock:
+            live_tombstones = self._tombstones
+        counts = {"dropped_expired": 0, "dropped_deleted": 0}
+        merged = compaction.surviving_entries(tables, live_tombstones, self._now_ms(), counts)
+        info = self._write_table(merged, tombstones, extra_summary, cancellable)
         output = self._make_table(info)
+        output.open()
+        done = {i.number for i in inputs}
         with self._work:
-            if len(levels) == level + 1:
-                levels.append([])
-            done = {i.number for i in inputs}
-            levels[level] = [i for i in levels[level] if i.number not in done]
-            levels[level + 1].insert(0, info)
+            for index in source_levels:
+                levels[index] = [i for i in levels[index] if i.number not in done]
+            levels[target].insert(0, info)
+            while len(levels) > 1 and not levels[-1]:
+                levels.pop()
             self._manifest.save(self._fs, self.path)
             with self._visible_lock:
                 for number in done:
@@ -616,14 +871,19 @@ class DB:
         self._stats["compactions"] += 1
         self._stats["compaction_bytes_read"] += read_bytes
         self._stats["compaction_bytes_written"] += info.size
+        for name, value in counts.items():
+            self._stats[name] += value
         log.info(
-            "compacted %d tables of level %d (%d bytes) into %s at level %d (%d bytes) in %.0f ms",
+            "compacted %d tables of levels %s (%d bytes) into %s at level %d "
+            "(%d bytes, %d expired and %d deleted entries dropped) in %.0f ms",
             len(inputs),
-            level,
+            source_levels,
             read_bytes,
             _table_name(info.number),
-            level + 1,
+            target,
             info.size,
+            counts["dropped_expired"],
+            counts["dropped_deleted"],
             (time.monotonic() - started) * 1000,
         )
 
@@ -641,29 +901,33 @@ class DB:
         stats = dict(self._stats)
         user = stats["user_bytes"]
         written = stats["wal_bytes"] + stats["flush_bytes"] + stats["compaction_bytes_written"]
+        lookups = self._cache.hits + self._cache.misses
         stats.update(
             levels=levels,
             memtable_bytes=memtable_bytes,
             memtable_entries=memtable_entries,
             block_cache_hits=self._cache.hits,
             block_cache_misses=self._cache.misses,
+            block_cache_hit_rate=(self._cache.hits / lookups) if lookups else 0.0,
             block_cache_bytes=self._cache.used_bytes,
             write_amplification=(written / user) if user else 0.0,
             sync=self._options["sync"],
+            tables=self.tables(),
         )
         return stats
 
     def close(self):
         """Flush the memtable, stop background work and release the directory.
 
-        A compaction in progress is abandoned (its inputs stay live), so
-        close does not wait for it. Calling close() again does nothing.
+        A background compaction in progress is abandoned (its inputs stay
+        live), so close does not wait for it. Calling close() again does
+        nothing.
         """
         if self._closed:
             return
         error = None
         try:
-            if self._background_error is None and len(self._active):
+            if self._background_error is None:
                 self.flush()
         except Exception as exc:
             error = exc

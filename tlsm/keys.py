@@ -13,6 +13,10 @@ from .errors import InvalidArgumentError
 # On disk: entry kinds in log records and table blocks.
 KIND_PUT = 1
 KIND_DELETE = 2
+# A range tombstone in the log: seq is the range start and the value holds
+# the exclusive end as a little-endian u64. Tables keep tombstones in their
+# own block, never among entries.
+KIND_RANGE_DELETE = 3
 
 MAX_SEQ = (1 << 64) - 1
 
@@ -20,6 +24,9 @@ MAX_SEQ = (1 << 64) - 1
 # a mistake (ids are user or conversation names), and a payload above the
 # default limit belongs in a blob store with a reference in the timeline.
 MAX_TIMELINE_ID_BYTES = 512
+# Stored keys are one table-id byte followed by the timeline id.
+MAX_TABLES = 256
+MAX_KEY_BYTES = MAX_TIMELINE_ID_BYTES + 1
 DEFAULT_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 # Hard ceiling for the max_payload_bytes option: the log and block formats
 # store lengths as 32-bit values.

@@ -8,7 +8,11 @@ the new version, never a mix. Layout (on disk, frozen):
     rest:   UTF-8 JSON object:
             {"next_file_number": int,   # next number for a .log or .sst file
              "log_number": int,         # logs numbered below this are flushed
-             "levels": [[{"number": int, "size": int, "entries": int}, ...], ...]}
+             "levels": [[{"number": int, "size": int, "entries": int}, ...], ...],
+             "tables": {name: {"id": int, "ttl": float or null}, ...}}
+
+``tables`` names the key spaces; a stored key starts with the table's id
+byte. The table "default" (id 0) always exists.
 
 ``levels[0]`` lists level-0 tables newest first; in every level, a table
 listed earlier is newer, and its entries win over older tables' for the
@@ -41,10 +45,11 @@ class TableInfo:
 class Manifest:
     """In-memory state of the manifest file."""
 
-    def __init__(self, next_file_number=1, log_number=0, levels=None):
+    def __init__(self, next_file_number=1, log_number=0, levels=None, tables=None):
         self.next_file_number = next_file_number
         self.log_number = log_number
         self.levels = levels if levels is not None else [[]]
+        self.tables = tables if tables is not None else {"default": {"id": 0, "ttl": None}}
 
     def allocate_file_number(self):
         number = self.next_file_number
@@ -60,6 +65,7 @@ class Manifest:
                 "next_file_number": self.next_file_number,
                 "log_number": self.log_number,
                 "levels": [[info.to_json() for info in level] for level in self.levels],
+                "tables": self.tables,
             },
             separators=(",", ":"),
         ).encode("utf-8")
@@ -88,7 +94,11 @@ class Manifest:
                 [TableInfo(t["number"], t["size"], t["entries"]) for t in level]
                 for level in state["levels"]
             ]
-            return cls(state["next_file_number"], state["log_number"], levels or [[]])
+            tables = {
+                str(name): {"id": int(spec["id"]), "ttl": spec["ttl"]}
+                for name, spec in state["tables"].items()
+            }
+            return cls(state["next_file_number"], state["log_number"], levels or [[]], tables)
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptionError(f"{path}: malformed manifest ({exc})", path, newline + 1) from None
 

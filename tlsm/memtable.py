@@ -34,10 +34,16 @@ class Memtable:
         self.log_number = log_number
         self.approximate_bytes = 0
         self.entry_count = 0
+        self.tombstones = []
         self._runs = {}
 
     def __len__(self):
         return self.entry_count
+
+    def add_tombstone(self, timeline_id, start, end):
+        """Record the deleted range [start, end) so that flush writes it to the table."""
+        self.tombstones.append((timeline_id, start, end))
+        self.approximate_bytes += len(timeline_id) + self.ENTRY_OVERHEAD
 
     def add(self, timeline_id, seq, kind, expires_at, value):
         run = self._runs.get(timeline_id)
@@ -45,10 +51,12 @@ class Memtable:
             run = self._runs[timeline_id] = _Run()
         seqs = run.seqs
         if not seqs or seq > seqs[-1]:
-            seqs.append(seq)
+            # Readers bisect seqs without a lock, so the other lists must
+            # already hold the entry when its seq appears.
             run.kinds.append(kind)
             run.expires.append(expires_at)
             run.values.append(value)
+            seqs.append(seq)
         else:
             index = bisect.bisect_left(seqs, seq)
             if index < len(seqs) and seqs[index] == seq:

@@ -3,7 +3,8 @@
 Layout, all integers little-endian; these constants are on disk and must
 never change:
 
-    file     := data_block* | index_block | summary_block | footer
+    file     := data_block* | index_block | summary_block | tombstone_block
+                | footer
     block    := body | compression: u8 | crc: u32
                 (compression 0 = none, 1 = LZ4 block with stored size;
                  crc is zlib's CRC-32 of body followed by the compression byte)
@@ -12,11 +13,17 @@ never change:
                      size: u32 | timeline_id) per data block, in file order
     summary body := (timeline_len: u16 | min_seq: u64 | max_seq: u64 |
                      count: u64 | timeline_id) per timeline, sorted by id
+    tombstone body := (timeline_len: u16 | start: u64 | end: u64 |
+                       timeline_id) per deleted range [start, end)
     footer   := index_offset: u64 | index_size: u32 | summary_offset: u64 |
-                summary_size: u32 | entry_count: u64 | format_version: u32 |
-                crc: u32 | magic: u64            (48 bytes)
+                summary_size: u32 | tombstone_offset: u64 |
+                tombstone_size: u32 | entry_count: u64 |
+                max_expires_at: u64 | format_version: u32 |
+                crc: u32 | magic: u64            (68 bytes)
 
-The footer crc covers the 36 bytes before it. An index entry names the
+The footer crc covers the 56 bytes before it. max_expires_at is the latest
+expiry time of any entry in the file, or 2**64-1 when some entry never
+expires, so a file whose entries have all expired is known from its footer. An index entry names the
 last key of its block, so the block holding the first key >= K is the
 first whose last key is >= K. The summary lists every timeline in the file
 with its seq range: it is an exact filter (a scan skips files without the
@@ -46,8 +53,10 @@ COMPRESSION_LZ4 = 1
 _TRAILER = struct.Struct("<BI")
 _INDEX_ENTRY = struct.Struct("<HQQI")
 _SUMMARY_ENTRY = struct.Struct("<HQQQ")
-_FOOTER = struct.Struct("<QIQIQIIQ")
-_FOOTER_HEAD = struct.Struct("<QIQIQI")
+_TOMBSTONE = struct.Struct("<HQQ")
+_FOOTER = struct.Struct("<QIQIQIQQIIQ")
+_FOOTER_HEAD = struct.Struct("<QIQIQIQQI")
+NEVER_EXPIRES = (1 << 64) - 1
 FOOTER_SIZE = _FOOTER.size
 _WRITE_CHUNK = 1 << 20
 
@@ -71,6 +80,8 @@ class TableWriter:
         self._offset = 0
         self._index = []
         self._summary = {}
+        self._tombstones = []
+        self.max_expires_at = 0
         self.entry_count = 0
         self.smallest = None
         self.largest = None
@@ -80,6 +91,11 @@ class TableWriter:
         self._pending.append(entry)
         self._pending_bytes += len(entry[4]) + len(timeline_id) + 12
         self.entry_count += 1
+        expires_at = entry[3]
+        if not expires_at:
+            self.max_expires_at = NEVER_EXPIRES
+        elif expires_at > self.max_expires_at:
+            self.max_expires_at = expires_at
         span = self._summary.get(timeline_id)
         if span is None:
             self._summary[timeline_id] = [seq, seq, 1]
@@ -96,6 +112,10 @@ class TableWriter:
             self._summary[timeline_id] = [max_seq, max_seq, 0]
         elif max_seq > span[1]:
             span[1] = max_seq
+
+    def add_tombstone(self, timeline_id, start, end):
+        """Record the deleted range [start, end) of timeline_id in this file."""
+        self._tombstones.append((timeline_id, start, end))
 
     def _finish_block(self):
         entries = self._pending
@@ -140,12 +160,22 @@ class TableWriter:
         summary_offset = self._offset
         summary_block = _frame(b"".join(summary_parts), COMPRESSION_NONE)
         self._append(summary_block)
+        tombstone_parts = []
+        for timeline_id, start, end in sorted(self._tombstones):
+            tombstone_parts.append(_TOMBSTONE.pack(len(timeline_id), start, end))
+            tombstone_parts.append(timeline_id)
+        tombstone_offset = self._offset
+        tombstone_block = _frame(b"".join(tombstone_parts), COMPRESSION_NONE)
+        self._append(tombstone_block)
         head = _FOOTER_HEAD.pack(
             index_offset,
             len(index_block),
             summary_offset,
             len(summary_block),
+            tombstone_offset,
+            len(tombstone_block),
             self.entry_count,
+            self.max_expires_at,
             FORMAT_VERSION,
         )
         footer = head + struct.pack("<IQ", zlib.crc32(head), MAGIC)
@@ -200,8 +230,12 @@ class BlockCache:
                 self.used_bytes -= self._items.pop(key)[1]
 
 
-class Table:
-    """A reader of one table file; loads its index and summary on first use."""
+class SSTable:
+    """A reader of one table file.
+
+    open() reads only the footer and the tombstones, so opening a database
+    with many tables stays fast; the index and summary load on first use.
+    """
 
     def __init__(self, fs, path, file_number, size, cache):
         self.fs = fs
@@ -212,7 +246,11 @@ class Table:
         self._file = None
         self._lock = threading.Lock()
         self._loaded = False
+        self._opened = False
         self.entry_count = 0
+        self.max_expires_at = NEVER_EXPIRES
+        self.tombstones = []
+        self._footer = None
         self.index_keys = []
         self._block_offsets = []
         self._block_sizes = []
@@ -238,24 +276,48 @@ class Table:
             raise self._corrupt(f"unknown compression type {compression}", offset)
         return body
 
+    def open(self):
+        """Open the file and read its footer and tombstones (idempotent)."""
+        if self._opened:
+            return
+        with self._lock:
+            if self._opened:
+                return
+            self._file = self.fs.open_read(self.path)
+            self._read_footer()
+            self._opened = True
+
     def load(self):
-        """Open the file and read footer, index and summary (idempotent)."""
+        """Read the index and summary too (idempotent)."""
         if self._loaded:
             return
+        self.open()
         with self._lock:
             if self._loaded:
                 return
-            self._file = self.fs.open_read(self.path)
-            self._load_footer()
+            index_offset, index_size, summary_offset, summary_size = self._footer
+            self._parse_index(self._read_framed(index_offset, index_size), index_offset)
+            self._parse_summary(self._read_framed(summary_offset, summary_size), summary_offset)
             self._loaded = True
 
-    def _load_footer(self):
+    def _read_footer(self):
         size = self._file.size
         if size < FOOTER_SIZE:
             raise self._corrupt(f"file of {size} bytes is shorter than the footer", 0)
         footer = self._file.read_at(size - FOOTER_SIZE, FOOTER_SIZE)
-        fields = _FOOTER.unpack(footer)
-        index_offset, index_size, summary_offset, summary_size, count, version, crc, magic = fields
+        (
+            index_offset,
+            index_size,
+            summary_offset,
+            summary_size,
+            tombstone_offset,
+            tombstone_size,
+            count,
+            max_expires_at,
+            version,
+            crc,
+            magic,
+        ) = _FOOTER.unpack(footer)
         if magic != MAGIC:
             raise self._corrupt(f"bad magic number {magic:#x}", size - 8)
         if zlib.crc32(footer[: _FOOTER_HEAD.size]) != crc:
@@ -263,8 +325,24 @@ class Table:
         if version != FORMAT_VERSION:
             raise self._corrupt(f"unsupported format version {version}", size - 16)
         self.entry_count = count
-        self._parse_index(self._read_framed(index_offset, index_size), index_offset)
-        self._parse_summary(self._read_framed(summary_offset, summary_size), summary_offset)
+        self.max_expires_at = max_expires_at
+        self._footer = (index_offset, index_size, summary_offset, summary_size)
+        body = self._read_framed(tombstone_offset, tombstone_size)
+        self.tombstones = self._parse_tombstones(body, tombstone_offset)
+
+    def _parse_tombstones(self, body, offset):
+        pos, end = 0, len(body)
+        tombstones = []
+        while pos < end:
+            if pos + _TOMBSTONE.size > end:
+                raise self._corrupt("truncated tombstone", offset + pos)
+            tl_len, start, stop = _TOMBSTONE.unpack_from(body, pos)
+            pos += _TOMBSTONE.size
+            tombstones.append((bytes(body[pos : pos + tl_len]), start, stop))
+            pos += tl_len
+        if pos != end:
+            raise self._corrupt("tombstones overrun their block", offset)
+        return tombstones
 
     def _parse_index(self, body, offset):
         pos, end = 0, len(body)
@@ -387,4 +465,5 @@ class Table:
                 self._file.close()
                 self._file = None
             self._loaded = False
+            self._opened = False
         self._cache.evict_file(self.file_number)
