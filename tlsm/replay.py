@@ -1,0 +1,551 @@
+"""``tlsm replay``: replay a real chat log into a tlsm server and verify it.
+
+How the replay runs:
+
+* Sending. Channels are replayed one after the other in input order, all on
+  one connection, with up to ``--window`` IM.SEND commands in flight. One
+  connection keeps each conversation's messages in send order without any
+  waiting. A sender's IM.JOIN is pipelined right before its first message in
+  a channel. Send latency is the time from writing IM.SEND to parsing its
+  reply.
+* Devices. Each member has ``--devices-per-member`` devices, each with its
+  own checkpoint. A device is online from its member's join until the last
+  message of that channel is stored: it then sits in
+  ``IM.SYNC user checkpoint COUNT c BLOCK ms`` on a connection taken from a
+  pool of at most ``--max-connections``. When the channel ends the device goes
+  offline after its current call returns, and its connection goes back to
+  the pool. If the pool is exhausted a device waits for a connection, and it
+  catches up from its checkpoint once it has one. After the last send every
+  device, online before or not, drains its sync timeline from its checkpoint
+  (the final catch-up). Keeping all 30,000 devices of the full log online
+  would take as many connections, which is why devices come and go with
+  their channel.
+* Delivery latency is the receive time of an IM.SYNC page minus the time the
+  message's IM.SEND was written. It is recorded only for entries a device
+  received while online that were sent after it came online, so catch-up
+  after offline time does not count.
+* Verification. Each device's entries are compared while they arrive with
+  its expected stream (see replay_check). At the end, every conversation's
+  history is read back page by page with IM.HISTORY and compared with the
+  channel's messages, and every device must have reached the end of its
+  stream.
+
+Names on the wire are ``<prefix><channel>`` for conversations and
+``<prefix><sender>`` for users. The default prefix is a run id made of the
+start time and random hex digits, so a replay into a data directory that
+already contains an earlier replay uses fresh conversations and sync
+timelines.
+Exit status: 0 when everything matches, 1 when verification fails, and 2 when
+the input is invalid or the server is unreachable or returns an error.
+"""
+
+import argparse
+import array
+import asyncio
+import functools
+import logging
+import secrets
+import sys
+import time
+
+import hiredis
+from tqdm import tqdm
+
+from .errors import InvalidArgumentError
+from .replay_check import (
+    DeliveryChecker,
+    Device,
+    format_name,
+    format_payload,
+    percentile_ms,
+)
+from .replay_client import ConnectionPool, ServerReplyError, connect
+from .replay_input import load_plan
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_MISMATCH = 1
+EXIT_ERROR = 2
+
+# Connections used by the final catch-up. Each drains one device at a time.
+DRAIN_CONNECTIONS = 16
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_arguments(parser):
+    """Add the replay options to an argparse parser."""
+    parser.add_argument("file", help="chat log as gzip-compressed JSON lines")
+    parser.add_argument("--host", default="127.0.0.1", help="server address")
+    parser.add_argument("--port", type=int, default=7379, help="server port")
+    parser.add_argument(
+        "--limit",
+        type=_non_negative_int,
+        default=None,
+        help="replay only the first N messages",
+    )
+    parser.add_argument(
+        "--devices-per-member",
+        type=_positive_int,
+        default=2,
+        help="simulated devices per member, each with its own checkpoint",
+    )
+    parser.add_argument(
+        "--window", type=_positive_int, default=128, help="IM.SEND commands in flight"
+    )
+    parser.add_argument(
+        "--count", type=_positive_int, default=1000, help="IM.SYNC page size (COUNT)"
+    )
+    parser.add_argument(
+        "--block-ms",
+        type=_positive_int,
+        default=250,
+        help="IM.SYNC BLOCK timeout of online devices, in milliseconds",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=512,
+        help="connections for online devices, so at most this many are online",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="prepended to every conversation and user name "
+        "(default: a run id such as 20250101T120000-1a2b/)",
+    )
+    parser.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip comparing entries and histories with the input",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bar"
+    )
+
+
+def run(args):
+    """Run a replay as configured by ``add_arguments``; return the exit status."""
+    prefix = args.prefix
+    if prefix is None:
+        prefix = time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(2) + "/"
+    try:
+        plan = load_plan(args.file, limit=args.limit)
+    except (InvalidArgumentError, OSError) as exc:
+        print(f"tlsm replay: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    replay = _Replay(args, plan, prefix)
+    try:
+        return asyncio.run(replay.run())
+    except ConnectionError as exc:
+        print(f"tlsm replay: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ServerReplyError as exc:
+        print(f"tlsm replay: server at {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ReplayAborted as exc:
+        print(f"tlsm replay: {exc}", file=sys.stderr)
+        return exc.exit_status
+
+
+class ReplayAborted(Exception):
+    """Raised when a replay stops early. ``exit_status`` is what run() returns."""
+
+    def __init__(self, message, exit_status):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class _Replay:
+    """State of one replay run; see the module docstring for the design."""
+
+    def __init__(self, args, plan, prefix):
+        self.args = args
+        self.plan = plan
+        self.prefix = prefix
+        encoded = prefix.encode("utf-8")
+        self.conversation_ids = [encoded + c.encode("utf-8") for c in plan.channels]
+        self.user_ids = [encoded + u.encode("utf-8") for u in plan.members]
+        self.checker = DeliveryChecker(
+            plan, self.conversation_ids, self.user_ids, verify=not args.no_verify
+        )
+        self.devices = [
+            [
+                Device(member, number, self.user_ids[member], ranges)
+                for number in range(1, args.devices_per_member + 1)
+            ]
+            for member, ranges in enumerate(plan.member_ranges)
+        ]
+        # Conversation index each member is online for, or -1 when offline.
+        self.member_online_channel = [-1] * len(plan.members)
+        self.sessions = set()
+        self.replied = 0
+        self.send_latencies = array.array("d")
+        # First reason to stop the replay, and its exit status.
+        self.fatal = None
+        self.fatal_status = EXIT_ERROR
+        self.crash = None
+        self.all_replied = None
+        self.window = None
+
+    async def run(self):
+        args = self.args
+        sender = await connect(args.host, args.port)
+        await sender.call("PING")
+        self.pool = ConnectionPool(args.host, args.port, args.max_connections)
+        self.window = asyncio.Semaphore(args.window)
+        self.all_replied = asyncio.Event()
+        if self.plan.message_count == 0:
+            self.all_replied.set()
+        progress = tqdm(
+            total=self.plan.message_count,
+            unit="msg",
+            desc="sent",
+            disable=True if args.no_progress else None,
+        )
+        ticker = asyncio.create_task(self._update_progress(progress))
+        try:
+            started = time.perf_counter()
+            await self._send_all(sender)
+            await self.all_replied.wait()
+            sent_at = time.perf_counter()
+            await self._stop_sessions()
+            self._raise_fatal()
+            await self._drain_all()
+            drained_at = time.perf_counter()
+        finally:
+            ticker.cancel()
+            self._show_progress(progress)
+            progress.close()
+            self.pool.close()
+        if not args.no_verify:
+            await self._verify_histories(sender)
+            for devices in self.devices:
+                for device in devices:
+                    self.checker.check_complete(device)
+        sender.close()
+        self._print_summary(sent_at - started, drained_at - started)
+        return self._exit_status()
+
+    # Sending
+
+    async def _send_all(self, sender):
+        plan = self.plan
+        for channel, conversation in enumerate(self.conversation_ids):
+            start, end = plan.channel_starts[channel], plan.channel_ends[channel]
+            for m in range(start, end):
+                self._raise_fatal()
+                await self.window.acquire()
+                member = plan.message_sender[m]
+                if plan.joins_before[m]:
+                    sender.send(
+                        (b"IM.JOIN", conversation, self.user_ids[member]),
+                        functools.partial(self._on_join_reply, channel, member),
+                    )
+                    self._go_online(member, channel)
+                payload = plan.payloads[m]
+                self.checker.send_times[m] = time.perf_counter()
+                sender.send(
+                    (b"IM.SEND", conversation, self.user_ids[member], payload),
+                    functools.partial(self._on_send_reply, m),
+                )
+
+    def _on_join_reply(self, channel, member, reply):
+        if isinstance(reply, (hiredis.ReplyError, ConnectionError)):
+            self._set_fatal(f"IM.JOIN failed: {reply}")
+        elif reply != 1:
+            # Every later check would fail too, so stop at the cause.
+            self._set_fatal(
+                f"IM.JOIN {self.conversation_ids[channel].decode()} "
+                f"{self.user_ids[member].decode()} returned {reply!r} instead of 1: "
+                f"the user was already a member; use a --prefix other than "
+                f"{self.prefix!r}",
+                EXIT_MISMATCH,
+            )
+
+    def _on_send_reply(self, m, reply):
+        now = time.perf_counter()
+        self.window.release()
+        if isinstance(reply, (hiredis.ReplyError, ConnectionError)):
+            self._set_fatal(
+                f"IM.SEND of {self.checker.describe_message(m)} failed: {reply}"
+            )
+            self.all_replied.set()
+            return
+        self.send_latencies.append(now - self.checker.send_times[m])
+        self.checker.agree_store_seq(m, reply, "the IM.SEND reply")
+        self._check_store_order(m, reply)
+        self.replied += 1
+        channel = self.plan.message_channel[m]
+        if m + 1 == self.plan.channel_ends[channel]:
+            self._end_channel(channel)
+        if self.replied == self.plan.message_count:
+            self.all_replied.set()
+
+    def _check_store_order(self, m, store_seq):
+        channel = self.plan.message_channel[m]
+        if m == self.plan.channel_starts[channel]:
+            return
+        previous = self.checker.store_seqs[m - 1]
+        if previous is not None and store_seq <= previous:
+            self.checker.fail(
+                f"{self.checker.describe_message(m)}: store seq {store_seq} does "
+                f"not exceed {previous} of the message before it"
+            )
+
+    def _set_fatal(self, message, exit_status=EXIT_ERROR):
+        if self.fatal is None:
+            self.fatal = message
+            self.fatal_status = exit_status
+
+    def _raise_fatal(self):
+        if self.crash is not None:
+            raise self.crash
+        if self.fatal is not None:
+            raise ReplayAborted(self.fatal, self.fatal_status)
+
+    # Online devices
+
+    def _go_online(self, member, channel):
+        self.member_online_channel[member] = channel
+        now = time.perf_counter()
+        for device in self.devices[member]:
+            if device.running:
+                continue
+            device.running = True
+            device.online_since = now
+            task = asyncio.create_task(self._online_session(device))
+            self.sessions.add(task)
+            task.add_done_callback(self._on_session_done)
+
+    def _on_session_done(self, task):
+        self.sessions.discard(task)
+        # An unexpected exception is a bug in the replay. Keep the first one
+        # so that the main task re-raises it with its traceback.
+        failed = not task.cancelled() and task.exception() is not None
+        if failed and self.crash is None:
+            self.crash = task.exception()
+
+    def _end_channel(self, channel):
+        online = self.member_online_channel
+        plan = self.plan
+        for member in {plan.message_sender[m] for m in self._join_messages(channel)}:
+            if online[member] == channel:
+                online[member] = -1
+
+    def _join_messages(self, channel):
+        plan = self.plan
+        start, end = plan.channel_starts[channel], plan.channel_ends[channel]
+        return (m for m in range(start, end) if plan.joins_before[m])
+
+    async def _online_session(self, device):
+        args = self.args
+        online = self.member_online_channel
+        connection = None
+        try:
+            connection = await self.pool.acquire()
+            while online[device.member] >= 0 and self.fatal is None:
+                page = await connection.call(
+                    b"IM.SYNC", device.user_id, device.checkpoint,
+                    b"COUNT", args.count, b"BLOCK", args.block_ms,
+                )  # fmt: skip
+                if page:
+                    self.checker.process_entries(
+                        device, page, time.perf_counter(), online=True
+                    )
+        except (ConnectionError, ServerReplyError) as exc:
+            self._set_fatal(f"IM.SYNC for {device.name} failed: {exc}")
+        finally:
+            # No await between the loop test and this point, so a member that
+            # comes back online either keeps this session or starts a new one.
+            device.running = False
+            device.online_since = None
+            if connection is not None:
+                self.pool.release(connection)
+
+    async def _stop_sessions(self):
+        for member in range(len(self.member_online_channel)):
+            self.member_online_channel[member] = -1
+        if self.sessions:
+            await asyncio.gather(*self.sessions)
+
+    # Final catch-up
+
+    async def _drain_all(self):
+        queue = [device for devices in self.devices for device in devices]
+        queue.reverse()
+        workers = [
+            asyncio.create_task(self._drain_worker(queue))
+            for _ in range(min(DRAIN_CONNECTIONS, len(queue)))
+        ]
+        await asyncio.gather(*workers)
+
+    async def _drain_worker(self, queue):
+        connection = await connect(self.args.host, self.args.port)
+        count = self.args.count
+        try:
+            while queue:
+                device = queue.pop()
+                while True:
+                    page = await connection.call(
+                        b"IM.SYNC", device.user_id, device.checkpoint, b"COUNT", count
+                    )
+                    if not page:
+                        break
+                    self.checker.process_entries(
+                        device, page, time.perf_counter(), online=False
+                    )
+        finally:
+            connection.close()
+
+    # Verification and report
+
+    async def _verify_histories(self, connection):
+        plan = self.plan
+        for channel, conversation in enumerate(self.conversation_ids):
+            start, end = plan.channel_starts[channel], plan.channel_ends[channel]
+            if start == end:
+                continue
+            history = await self._read_history(connection, conversation, end - start)
+            if not self._history_matches(channel, history):
+                return
+
+    async def _read_history(self, connection, conversation, expected):
+        """Return the whole history of a conversation, oldest first.
+
+        Reads newest first in pages of --count, and stops one page after the
+        expected length so that extra entries are seen without reading an
+        unbounded history.
+        """
+        count = self.args.count
+        entries = []
+        page = await connection.call(b"IM.HISTORY", conversation, b"COUNT", count)
+        while page:
+            entries.extend(page)
+            if len(entries) > expected:
+                break
+            before = int(page[-1][0])
+            page = await connection.call(
+                b"IM.HISTORY", conversation, b"BEFORE", before, b"COUNT", count
+            )
+        entries.reverse()
+        return entries
+
+    def _history_matches(self, channel, history):
+        plan = self.plan
+        checker = self.checker
+        start, end = plan.channel_starts[channel], plan.channel_ends[channel]
+        name = self.conversation_ids[channel].decode()
+        for position, entry in enumerate(history):
+            m = start + position
+            if m >= end:
+                checker.fail(
+                    f"history of {name} has more than the {end - start} messages "
+                    f"sent; entry {position} is store seq {int(entry[0])}"
+                )
+                return False
+            expected = (
+                checker.store_seqs[m],
+                self.user_ids[plan.message_sender[m]],
+                plan.payloads[m],
+            )
+            got = (int(entry[0]), entry[1], entry[2])
+            if got != expected:
+                checker.fail(
+                    f"history of {name}, entry {position}: got store seq {got[0]}, "
+                    f"sender {format_name(got[1])}, payload "
+                    f"{format_payload(got[2])}; expected store seq {expected[0]}, "
+                    f"sender {format_name(expected[1])}, payload "
+                    f"{format_payload(expected[2])}"
+                )
+                return False
+        if len(history) < end - start:
+            checker.fail(
+                f"history of {name} has {len(history)} messages, expected "
+                f"{end - start}; the first missing is "
+                f"{checker.describe_message(start + len(history))}"
+            )
+            return False
+        return True
+
+    async def _update_progress(self, progress):
+        while True:
+            self._show_progress(progress)
+            await asyncio.sleep(0.5)
+
+    def _show_progress(self, progress):
+        progress.n = self.replied
+        progress.set_postfix(entries=self.checker.entries_received, refresh=False)
+        progress.refresh()
+
+    def _print_summary(self, send_seconds, total_seconds):
+        plan = self.plan
+        checker = self.checker
+        conversations = sum(
+            1 for s, e in zip(plan.channel_starts, plan.channel_ends) if e > s
+        )
+        devices = len(plan.members) * self.args.devices_per_member
+        received = checker.entries_received
+        send_rate = plan.message_count / max(send_seconds, 1e-9)
+        delivery_rate = received / max(total_seconds, 1e-9)
+        send_latency = self.send_latencies
+        delivery_latency = checker.delivery_latencies
+        lines = [f"prefix: {self.prefix}"]
+        lines.append(
+            f"input: {plan.events} events, {plan.message_count} messages, "
+            f"{plan.system_lines} system lines skipped"
+        )
+        lines.append(
+            f"conversations: {conversations}, members: {len(plan.members)} "
+            f"({plan.membership_count} joins), devices: {devices}"
+        )
+        lines.append(
+            f"sent: {plan.message_count} messages in {send_seconds:.2f} s "
+            f"({send_rate:,.0f} messages/s), send latency "
+            f"p50 {percentile_ms(send_latency, 50):.2f} ms, "
+            f"p99 {percentile_ms(send_latency, 99):.2f} ms"
+        )
+        lines.append(
+            f"delivered: {received} entries in {total_seconds:.2f} s "
+            f"({delivery_rate:,.0f} entries/s, {checker.entries_online} online, "
+            f"{checker.entries_caught_up} caught up), delivery latency "
+            f"p50 {percentile_ms(delivery_latency, 50):.2f} ms, "
+            f"p99 {percentile_ms(delivery_latency, 99):.2f} ms "
+            f"over {len(delivery_latency)} entries"
+        )
+        lines.append(
+            f"connections: {self.pool.opened} for online devices, "
+            f"{DRAIN_CONNECTIONS} for the final catch-up"
+        )
+        if self.args.no_verify:
+            lines.append("verify: skipped (--no-verify)")
+        elif checker.failures:
+            lines.append(
+                f"verify: FAILED, mismatches: {len(checker.failures)}; "
+                f"first: {checker.failures[0]}"
+            )
+        else:
+            lines.append(
+                f"verify: OK, {conversations} histories and {devices} devices "
+                f"({plan.expected_entries() * self.args.devices_per_member} "
+                f"entries) match the input"
+            )
+        print("\n".join(lines))
+
+    def _exit_status(self):
+        if self.checker.failures and not self.args.no_verify:
+            return EXIT_MISMATCH
+        return EXIT_OK
