@@ -25,9 +25,15 @@ def main():
         timeline = f"t{count % 13}"
         if count % 5 == 4:
             seqs = db.append_batch(
-                [(timeline, b"b%d" % count), ("fan", b"f%d" % count), (timeline, b"c%d" % count)]
+                [
+                    (timeline, b"b%d" % count),
+                    ("fan", b"f%d" % count),
+                    (timeline, b"c%d" % count),
+                ]
             )
-            out.write(f"B {timeline} {seqs[0]} fan {seqs[1]} {timeline} {seqs[2]} {count}\n")
+            out.write(
+                f"B {timeline} {seqs[0]} fan {seqs[1]} {timeline} {seqs[2]} {count}\n"
+            )
         else:
             seq = db.append(timeline, b"p%d" % count)
             out.write(f"A {timeline} {seq} {count}\n")

@@ -27,7 +27,9 @@ class _TrackedFile(WritableFile):
             if budget <= 0:
                 # A full disk often accepts part of a write before failing.
                 super().write(bytes(data)[: len(data) // 2])
-                raise StorageIOError(f"write to {self.path} failed: no space left on device")
+                raise StorageIOError(
+                    f"write to {self.path} failed: no space left on device"
+                )
             self._owner.fail_writes_after = budget - 1
         super().write(data)
 

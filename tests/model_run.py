@@ -121,7 +121,9 @@ class Runner:
         payload = self.rng.randbytes(self.rng.randrange(0, 300))
         ttl = self.rng.choice((None, None, None, 5, 60))
         seq = self.db.table(table).append(timeline, payload, ttl=ttl)
-        expected = self.model.append((table, timeline), payload, self.expires_at(table, ttl))
+        expected = self.model.append(
+            (table, timeline), payload, self.expires_at(table, ttl)
+        )
         assert seq == expected, (table, timeline, seq, expected)
         self.observe("append", table, timeline, seq)
 
@@ -133,9 +135,15 @@ class Runner:
             if self.rng.random() < 0.8:
                 payload = self.rng.randbytes(self.rng.randrange(0, 100))
                 batch.append(timeline, payload, table=table)
-                expected.append(self.model.append((table, timeline), payload, self.expires_at(table, None)))
+                expected.append(
+                    self.model.append(
+                        (table, timeline), payload, self.expires_at(table, None)
+                    )
+                )
             else:
-                before = self.rng.randrange(0, self.model.last.get((table, timeline), 0) + 3)
+                before = self.rng.randrange(
+                    0, self.model.last.get((table, timeline), 0) + 3
+                )
                 batch.trim(timeline, before, table=table)
                 self.model.delete((table, timeline), 0, before)
                 expected.append(None)
@@ -179,7 +187,11 @@ class Runner:
         end = self.rng.choice((None, self.rng.randrange(0, last + 3)))
         limit = self.rng.choice((None, 1, 3, 10))
         reverse = self.rng.random() < 0.5
-        got = list(self.db.table(table).scan(timeline, start, end, limit, reverse, snapshot=snapshot))
+        got = list(
+            self.db.table(table).scan(
+                timeline, start, end, limit, reverse, snapshot=snapshot
+            )
+        )
         expected = [
             (seq, payload)
             for seq, payload in model.visible((table, timeline), self.clock.now * 1000)
@@ -200,7 +212,9 @@ class Runner:
             for _ in range(3):
                 self.do_scan(snapshot, frozen)
             table, timeline = self.pick()
-            assert snapshot.last_seq(timeline, table=table) == frozen.last.get((table, timeline), 0)
+            assert snapshot.last_seq(timeline, table=table) == frozen.last.get(
+                (table, timeline), 0
+            )
 
     def close(self):
         self.db.close()

@@ -10,8 +10,10 @@ from tlsm.errors import StorageIOError
 
 
 def _write(db, count, start=0):
-    return {(f"t{i % 7}", db.append(f"t{i % 7}", b"v%d" % i)): b"v%d" % i
-            for i in range(start, start + count)}
+    return {
+        (f"t{i % 7}", db.append(f"t{i % 7}", b"v%d" % i)): b"v%d" % i
+        for i in range(start, start + count)
+    }
 
 
 def _reopen_after_power_loss(path, fs):

@@ -99,7 +99,9 @@ def test_invalid_inputs_raise_clear_errors(db):
 
 def test_oversized_payload_names_the_limit(tmp_path):
     with tlsm.open(tmp_path / "db", max_payload_bytes=100) as small:
-        with pytest.raises(InvalidArgumentError, match="101 bytes, above the limit of 100"):
+        with pytest.raises(
+            InvalidArgumentError, match="101 bytes, above the limit of 100"
+        ):
             small.append("t", b"x" * 101)
         assert small.append("t", b"x" * 100) == 1
 

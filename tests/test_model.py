@@ -25,7 +25,13 @@ def _history(tmp_path, name, seed, pure):
     if pure:
         env["TLSM_PURE_PYTHON"] = "1"
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, "model_run.py"), str(tmp_path / name), str(seed), "2000"],
+        [
+            sys.executable,
+            os.path.join(HERE, "model_run.py"),
+            str(tmp_path / name),
+            str(seed),
+            "2000",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -36,7 +42,10 @@ def _history(tmp_path, name, seed, pure):
 
 
 def test_extensions_and_twins_give_same_history(tmp_path):
-    built = all(importlib.util.find_spec(f"tlsm_ext.{name}") for name in ("block", "merge", "resp"))
+    built = all(
+        importlib.util.find_spec(f"tlsm_ext.{name}")
+        for name in ("block", "merge", "resp")
+    )
     if not built:
         if _impl.PURE_PYTHON and not os.environ.get("CI"):
             pytest.skip("the Cython extensions are not built")

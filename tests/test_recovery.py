@@ -174,6 +174,8 @@ def test_corrupt_table_block_is_reported(tmp_path):
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
     with tlsm.open(tmp_path) as db:
-        with pytest.raises(CorruptionError, match="checksum mismatch at offset 0") as info:
+        with pytest.raises(
+            CorruptionError, match="checksum mismatch at offset 0"
+        ) as info:
             list(db.scan("t"))
         assert info.value.path == str(path)

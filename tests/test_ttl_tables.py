@@ -11,7 +11,11 @@ from tlsm.errors import InvalidArgumentError
 
 
 def _disk_bytes(path):
-    return sum(os.path.getsize(os.path.join(path, n)) for n in os.listdir(path) if n.endswith(".sst"))
+    return sum(
+        os.path.getsize(os.path.join(path, n))
+        for n in os.listdir(path)
+        if n.endswith(".sst")
+    )
 
 
 @pytest.fixture

@@ -22,9 +22,21 @@ A level also compacts, full or not, once every entry of one of its tables
 has expired, so expired data is reclaimed without waiting for writes.
 """
 
+import logging
+import os
+import time
+
 from . import keys
 from . import merge as merge_module
 from . import tombstones as tomb
+from .manifest import TableInfo, log_file_name, table_file_name
+from .sstable import TableWriter
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    """Raised inside a compaction when close() asks it to stop."""
 
 
 def pick_level(levels, tables_by_number, fanout, now_ms):
@@ -58,3 +70,189 @@ def surviving_entries(tables, tombstones, now_ms, stats):
         if entry[2] != kind_put:
             continue
         yield entry
+
+
+class MaintenanceMixin:
+    """Flush and compaction methods of DB; expects the attributes DB.__init__ sets."""
+
+    def flush(self):
+        """Write the active memtable to a table and wait until it is in the manifest."""
+        with self._write_lock:
+            self._check_writable()
+            if not len(self._active) and not self._active.tombstones:
+                return
+            with self._work:
+                while self._immutable is not None:
+                    self._work.wait(0.1)
+                    if self._background_error is not None:
+                        self._check_writable()
+            self._rotate()
+        with self._work:
+            while self._immutable is not None and self._background_error is None:
+                self._work.wait(0.1)
+        if self._background_error is not None:
+            self._check_writable()
+
+    def _write_table(self, entries, tombstones, extra_summary, cancellable=False):
+        number = self._manifest.allocate_file_number()
+        path = os.path.join(self.path, table_file_name(number))
+        writer = TableWriter(
+            self._fs, path, self._options["block_bytes"], self._options["compression"]
+        )
+        try:
+            for i, entry in enumerate(entries):
+                writer.add(entry)
+                if cancellable and not i & 4095 and self._closing:
+                    raise Cancelled()
+            for key, start, end in tombstones:
+                writer.add_tombstone(key, start, end)
+            if extra_summary:
+                for key, max_seq in extra_summary.items():
+                    writer.add_summary(key, max_seq)
+            size = writer.finish(sync=True)
+        except BaseException:
+            writer.abandon()
+            self._fs.remove(path)
+            raise
+        return TableInfo(number, size, writer.entry_count)
+
+    def _background_loop(self):
+        interval = self._options["expiry_check_seconds"]
+        while True:
+            with self._work:
+                if (
+                    self._immutable is None
+                    and not self._closing
+                    and self._pick_level() is None
+                ):
+                    self._work.wait(interval)
+                if self._immutable is None and self._closing:
+                    return
+            try:
+                if self._immutable is not None:
+                    self._flush_immutable()
+                else:
+                    with self._compaction_lock:
+                        level = self._pick_level()
+                        if level is not None:
+                            self._compact_levels([level], level + 1, cancellable=True)
+            except Cancelled:
+                log.info("compaction of %s cancelled by close", self.path)
+                return
+            except Exception as exc:
+                log.error(
+                    "background work on %s failed: %s", self.path, exc, exc_info=True
+                )
+                with self._work:
+                    self._background_error = exc
+                    self._work.notify_all()
+                return
+
+    def _pick_level(self):
+        return pick_level(
+            self._manifest.levels,
+            self._tables,
+            self._options["level_fanout"],
+            self._now_ms(),
+        )
+
+    def _flush_immutable(self):
+        memtable = self._immutable
+        started = time.monotonic()
+        info = self._write_table(memtable.entries(), memtable.tombstones, None)
+        table = self._make_table(info)
+        table.open()
+        with self._work:
+            self._manifest.levels[0].insert(0, info)
+            self._manifest.log_number = self._active.log_number
+            self._manifest.save(self._fs, self.path)
+            with self._visible_lock:
+                self._tables[info.number] = table
+                self._immutable = None
+                self._install_version()
+            self._stats["flushes"] += 1
+            self._stats["flush_bytes"] += info.size
+            self._work.notify_all()
+        self._fs.remove(os.path.join(self.path, log_file_name(memtable.log_number)))
+        log.info(
+            "flushed %d entries to %s (%d bytes) in %.0f ms",
+            info.entries,
+            table_file_name(info.number),
+            info.size,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def compact(self):
+        """Flush, then merge every table into one, dropping expired and deleted data.
+
+        Runs in the calling thread. Afterwards no deleted or expired entry
+        and no tombstone takes space on disk.
+        """
+        self.flush()
+        with self._compaction_lock:
+            levels = self._manifest.levels
+            full = [i for i, level in enumerate(levels) if level]
+            if full:
+                self._compact_levels(full, max(1, len(levels) - 1), cancellable=False)
+
+    def _compact_levels(self, source_levels, target, cancellable):
+        """Merge every table of source_levels into one table, the newest of level target."""
+        levels = self._manifest.levels
+        inputs = [info for index in source_levels for info in levels[index]]
+        tables = [self._tables[info.number] for info in inputs]
+        started = time.monotonic()
+        while len(levels) <= target:
+            levels.append([])
+        is_bottom = not any(
+            levels[i] for i in range(target, len(levels)) if i not in source_levels
+        )
+        extra_summary = {}
+        tombstones = []
+        for table in tables:
+            table.load()
+            for key, (_, max_seq, _) in table.summary.items():
+                if max_seq > extra_summary.get(key, 0):
+                    extra_summary[key] = max_seq
+            if not is_bottom:
+                tombstones.extend(table.tombstones)
+        with self._visible_lock:
+            live_tombstones = self._tombstones
+        counts = {"dropped_expired": 0, "dropped_deleted": 0}
+        merged = surviving_entries(tables, live_tombstones, self._now_ms(), counts)
+        info = self._write_table(merged, tombstones, extra_summary, cancellable)
+        output = self._make_table(info)
+        output.open()
+        done = {i.number for i in inputs}
+        with self._work:
+            for index in source_levels:
+                levels[index] = [i for i in levels[index] if i.number not in done]
+            levels[target].insert(0, info)
+            while len(levels) > 1 and not levels[-1]:
+                levels.pop()
+            self._manifest.save(self._fs, self.path)
+            with self._visible_lock:
+                for number in done:
+                    del self._tables[number]
+                self._tables[info.number] = output
+                self._install_version()
+        for number in done:
+            self._fs.remove(os.path.join(self.path, table_file_name(number)))
+        read_bytes = sum(i.size for i in inputs)
+        self._stats["compactions"] += 1
+        self._stats["compaction_bytes_read"] += read_bytes
+        self._stats["compaction_bytes_written"] += info.size
+        for name, value in counts.items():
+            self._stats[name] += value
+        log.info(
+            "compacted %d tables of levels %s (%d bytes) into %s at level %d "
+            "(%d bytes, %d expired and %d deleted entries dropped) in %.0f ms",
+            len(inputs),
+            source_levels,
+            read_bytes,
+            table_file_name(info.number),
+            target,
+            info.size,
+            counts["dropped_expired"],
+            counts["dropped_deleted"],
+            (time.monotonic() - started) * 1000,
+        )

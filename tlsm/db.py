@@ -10,7 +10,8 @@ When the active memtable reaches memtable_bytes it becomes immutable, a new
 log starts, and the background thread writes it to a level-0 table, records
 the table in the manifest and deletes the log. A writer that fills the new
 memtable before that flush ends waits for it (a write stall, bounded by one
-flush). The same thread compacts (see tlsm.compaction).
+flush). The same thread compacts (see tlsm.compaction). Reads are in
+tlsm.reads.
 
 Recovery (open): read the manifest, replay every log it does not mark as
 flushed into a memtable, write that memtable to a level-0 table, start a
@@ -33,16 +34,16 @@ import threading
 import time
 import weakref
 
-from . import compaction
 from . import keys
-from . import merge as merge_module
 from . import tombstones as tomb
+from .compaction import MaintenanceMixin
 from .errors import ClosedError, InvalidArgumentError, StorageIOError
 from .fs import OsFileSystem
-from .manifest import Manifest, TableInfo
+from .manifest import Manifest, log_file_name, table_file_name
 from .memtable import Memtable
-from .sstable import BlockCache, SSTable, TableWriter
-from .table import OP_APPEND, Snapshot, Table, WriteBatch, check_ttl
+from .reads import ReadMixin
+from .sstable import BlockCache, SSTable
+from .table import OP_APPEND, Table, WriteBatch, check_ttl
 from .wal import LogWriter, encode_batch, read_log
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,6 @@ DEFAULT_OPTIONS = {
 
 _FILE_NAME = re.compile(r"^(\d{6,})\.(log|sst)$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_END = keys.MAX_SEQ + 1
-
-
-def _log_name(number):
-    return f"{number:06d}.log"
-
-
-def _table_name(number):
-    return f"{number:06d}.sst"
 
 
 class _Version:
@@ -86,26 +78,6 @@ class _Version:
     def __init__(self, memtables, tables):
         self.memtables = memtables
         self.tables = tables
-
-
-class _View:
-    """What one read sees: a version, the tombstones, and snapshot bounds.
-
-    ``bounds`` is None for a live read. For a snapshot it maps a key to its
-    last seq when the snapshot was taken; memtable entries above that seq,
-    or of a key absent from it, came later and are skipped.
-    """
-
-    __slots__ = ("version", "tombstones", "bounds")
-
-    def __init__(self, version, tombstones, bounds):
-        self.version = version
-        self.tombstones = tombstones
-        self.bounds = bounds
-
-
-class _Cancelled(Exception):
-    pass
 
 
 def _check_options(options):
@@ -131,7 +103,9 @@ def _check_options(options):
     ):
         value = merged[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidArgumentError(f"option {name}={value!r} must be an int >= {low}")
+            raise InvalidArgumentError(
+                f"option {name}={value!r} must be an int >= {low}"
+            )
     if merged["max_payload_bytes"] > keys.MAX_PAYLOAD_BYTES_LIMIT:
         raise InvalidArgumentError(
             f"option max_payload_bytes={merged['max_payload_bytes']} is above the "
@@ -141,11 +115,13 @@ def _check_options(options):
     if isinstance(check, bool) or not isinstance(check, (int, float)) or check <= 0:
         raise InvalidArgumentError(f"option expiry_check_seconds={check!r} must be > 0")
     if merged["clock"] is not None and not callable(merged["clock"]):
-        raise InvalidArgumentError("option clock must be a callable returning Unix seconds")
+        raise InvalidArgumentError(
+            "option clock must be a callable returning Unix seconds"
+        )
     return merged
 
 
-class DB:
+class DB(ReadMixin, MaintenanceMixin):
     """A tlsm database in one directory. Use tlsm.open() to create one.
 
     All methods are thread-safe. A DB is a context manager that closes on
@@ -198,7 +174,9 @@ class DB:
         self._syncer = None
         if self._options["sync"] == "periodic":
             self._syncer = threading.Thread(
-                target=self._periodic_sync_loop, name=f"tlsm-sync {self.path}", daemon=True
+                target=self._periodic_sync_loop,
+                name=f"tlsm-sync {self.path}",
+                daemon=True,
             )
             self._syncer.start()
 
@@ -250,7 +228,9 @@ class DB:
                 for key, start, end in table.tombstones:
                     self._add_tombstone(key, start, end)
 
-        recovered = self._replay_logs(sorted(n for n in numbers["log"] if n >= manifest.log_number))
+        recovered = self._replay_logs(
+            sorted(n for n in numbers["log"] if n >= manifest.log_number)
+        )
         if len(recovered) or recovered.tombstones:
             info = self._write_table(recovered.entries(), recovered.tombstones, None)
             manifest.levels[0].insert(0, info)
@@ -258,18 +238,23 @@ class DB:
             self._tables[info.number].open()
 
         log_number = manifest.allocate_file_number()
-        self._log = LogWriter(fs.create(os.path.join(self.path, _log_name(log_number))))
+        self._log = LogWriter(
+            fs.create(os.path.join(self.path, log_file_name(log_number)))
+        )
         fs.sync_dir(self.path)
         manifest.log_number = log_number
         manifest.save(fs, self.path)
 
         live = manifest.live_numbers()
         for number in numbers["log"]:
-            fs.remove(os.path.join(self.path, _log_name(number)))
+            fs.remove(os.path.join(self.path, log_file_name(number)))
         for number in numbers["sst"]:
             if number not in live:
-                log.warning("removing table %s that the manifest does not list", _table_name(number))
-                fs.remove(os.path.join(self.path, _table_name(number)))
+                log.warning(
+                    "removing table %s that the manifest does not list",
+                    table_file_name(number),
+                )
+                fs.remove(os.path.join(self.path, table_file_name(number)))
 
         self._active = Memtable(log_number)
         self._immutable = None
@@ -286,7 +271,7 @@ class DB:
     def _replay_logs(self, log_numbers):
         recovered = Memtable(0)
         for number in log_numbers:
-            result = read_log(self._fs, os.path.join(self.path, _log_name(number)))
+            result = read_log(self._fs, os.path.join(self.path, log_file_name(number)))
             self._stats["recovery_dropped_bytes"] += result.dropped_bytes
             for batch in result.batches:
                 for key, seq, kind, expires_at, value in batch:
@@ -300,7 +285,7 @@ class DB:
         return recovered
 
     def _make_table(self, info):
-        path = os.path.join(self.path, _table_name(info.number))
+        path = os.path.join(self.path, table_file_name(info.number))
         table = SSTable(self._fs, path, info.number, info.size, self._cache)
         # A table dropped by compaction is closed only when the last reader
         # lets go of it; its file is already unlinked by then.
@@ -317,7 +302,9 @@ class DB:
         self._version = _Version(memtables, tables)
 
     def _add_tombstone(self, key, start, end):
-        self._tombstones[key] = tomb.add_interval(self._tombstones.get(key, ()), start, end)
+        self._tombstones[key] = tomb.add_interval(
+            self._tombstones.get(key, ()), start, end
+        )
 
     # -- tables ----------------------------------------------------------
 
@@ -364,11 +351,15 @@ class DB:
             return self._default
         if isinstance(table, Table):
             if table._db is not self:
-                raise InvalidArgumentError(f"table {table.name!r} belongs to another database")
+                raise InvalidArgumentError(
+                    f"table {table.name!r} belongs to another database"
+                )
             return table
         handle = self._table_handles.get(table)
         if handle is None:
-            raise InvalidArgumentError(f"table {table!r} not found; create it with db.table()")
+            raise InvalidArgumentError(
+                f"table {table!r} not found; create it with db.table()"
+            )
         return handle
 
     # -- writes ----------------------------------------------------------
@@ -455,7 +446,9 @@ class DB:
                         active.add(*entry)
                 self._last_seqs.update(assigned)
             self._stats["wal_bytes"] += len(record)
-            self._stats["user_bytes"] += sum(len(entry[4]) + len(entry[0]) for entry in records)
+            self._stats["user_bytes"] += sum(
+                len(entry[4]) + len(entry[0]) for entry in records
+            )
         return results
 
     def _assign_seqs(self, ops):
@@ -517,7 +510,9 @@ class DB:
     def _rotate(self):
         """Turn the active memtable into the immutable one and start a new log."""
         number = self._manifest.allocate_file_number()
-        new_log = LogWriter(self._fs.create(os.path.join(self.path, _log_name(number))))
+        new_log = LogWriter(
+            self._fs.create(os.path.join(self.path, log_file_name(number)))
+        )
         if self._options["sync"] != "none":
             self._fs.sync_dir(self.path)
         old_log = self._log
@@ -571,322 +566,6 @@ class DB:
             seq = max(seq, table.max_seq(key))
         return seq
 
-    # -- reads -----------------------------------------------------------
-
-    def _current_version(self):
-        if self._closed:
-            raise ClosedError(f"database {self.path} is closed")
-        return self._version
-
-    def _live_view(self):
-        return _View(self._current_version(), self._tombstones, None)
-
-    def snapshot(self):
-        """Return a Snapshot: a consistent read-only view as of now, across tables."""
-        with self._visible_lock:
-            view = _View(self._current_version(), dict(self._tombstones), dict(self._last_seqs))
-        return Snapshot(self, view)
-
-    def last_seq(self, timeline_id, *, snapshot=None):
-        """Return the highest seq appended to timeline_id, or 0 if none ever was.
-
-        Deleting or expiring entries never lowers it.
-        """
-        return self._default.last_seq(timeline_id, snapshot=snapshot)
-
-    def get(self, timeline_id, seq, *, snapshot=None):
-        """Return the payload at (timeline_id, seq), or None when absent, deleted or expired."""
-        return self._default.get(timeline_id, seq, snapshot=snapshot)
-
-    def scan(self, timeline_id, start=None, end=None, limit=None, reverse=False, *, snapshot=None):
-        """Iterate (seq, payload) of timeline_id with start <= seq < end.
-
-        Ascending by default, descending with reverse=True (from the highest
-        seq below end). None bounds are open; at most limit pairs are
-        returned. The iterator reads one consistent view, taken when scan()
-        is called (or the snapshot's), and loads table blocks lazily, so a
-        scan over a huge timeline holds only the blocks it is on. Deleted
-        ranges are skipped without reading them.
-        """
-        return self._default.scan(timeline_id, start, end, limit, reverse, snapshot=snapshot)
-
-    def _last_seq(self, key, snapshot):
-        if snapshot is not None:
-            view = snapshot.view(self)
-            bound = view.bounds.get(key)
-            if bound is not None:
-                return bound
-            return self._max_seq_in(view.version, key, memtables=False)
-        with self._visible_lock:
-            version = self._current_version()
-            seq = self._last_seqs.get(key)
-        if seq is None:
-            seq = self._max_seq_in(version, key)
-        return seq
-
-    def _get(self, key, seq, snapshot):
-        if snapshot is not None:
-            view = snapshot.view(self)
-            bound = view.bounds.get(key, 0)
-            entry = None
-            if seq <= bound:
-                entry = self._find_in_memtables(view.version, key, seq)
-        else:
-            with self._visible_lock:
-                view = self._live_view()
-                entry = self._find_in_memtables(view.version, key, seq)
-        if tomb.covers(view.tombstones.get(key), seq):
-            return None
-        if entry is None:
-            for table in view.version.tables:
-                entry = table.get(key, seq)
-                if entry is not None:
-                    break
-        if entry is None or entry[2] != keys.KIND_PUT:
-            return None
-        if entry[3] and entry[3] <= self._now_ms():
-            return None
-        return entry[4]
-
-    @staticmethod
-    def _find_in_memtables(version, key, seq):
-        for memtable in version.memtables:
-            entry = memtable.get(key, seq)
-            if entry is not None:
-                return entry
-        return None
-
-    def _scan(self, key, start, end, limit, reverse, snapshot):
-        start = 0 if start is None else keys.check_seq(start, "start")
-        if end is None or (isinstance(end, int) and not isinstance(end, bool) and end > keys.MAX_SEQ):
-            end = _END
-        else:
-            end = keys.check_seq(end, "end")
-        if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-                raise InvalidArgumentError(f"limit must be a non-negative int, not {limit!r}")
-        if start >= end or limit == 0:
-            return iter(())
-        if snapshot is not None:
-            view = snapshot.view(self)
-            segments = self._segments(view, key, start, end, reverse)
-            bound = view.bounds.get(key)
-            memory = [
-                [m.scan(key, low, min(high, bound + 1), reverse) for m in view.version.memtables]
-                if bound is not None
-                else []
-                for low, high in segments
-            ]
-        else:
-            with self._visible_lock:
-                view = self._live_view()
-                segments = self._segments(view, key, start, end, reverse)
-                memory = [
-                    [m.scan(key, low, high, reverse) for m in view.version.memtables]
-                    for low, high in segments
-                ]
-        return self._iterate_segments(view.version, key, segments, memory, limit, reverse)
-
-    @staticmethod
-    def _segments(view, key, start, end, reverse):
-        segments = tomb.visible_segments(view.tombstones.get(key, ()), start, end)
-        if reverse:
-            segments.reverse()
-        return segments
-
-    def _iterate_segments(self, version, key, segments, memory, limit, reverse):
-        remaining = -1 if limit is None else limit
-        now_ms = self._now_ms()
-        kind_put = keys.KIND_PUT
-        for (low, high), sources in zip(segments, memory):
-            sources = sources + [
-                t.scan(key, low, high, reverse) for t in version.tables if t.may_contain(key, low, high)
-            ]
-            if len(sources) == 1:
-                entries = sources[0]
-            else:
-                entries = merge_module.merge_entries(sources, reverse)
-            for _key, seq, kind, expires_at, value in entries:
-                if kind != kind_put or (expires_at and expires_at <= now_ms):
-                    continue
-                yield seq, value
-                remaining -= 1
-                if remaining == 0:
-                    return
-
-    # -- flush and compaction ------------------------------------------
-
-    def flush(self):
-        """Write the active memtable to a table and wait until it is in the manifest."""
-        with self._write_lock:
-            self._check_writable()
-            if not len(self._active) and not self._active.tombstones:
-                return
-            with self._work:
-                while self._immutable is not None:
-                    self._work.wait(0.1)
-                    if self._background_error is not None:
-                        self._check_writable()
-            self._rotate()
-        with self._work:
-            while self._immutable is not None and self._background_error is None:
-                self._work.wait(0.1)
-        if self._background_error is not None:
-            self._check_writable()
-
-    def _write_table(self, entries, tombstones, extra_summary, cancellable=False):
-        number = self._manifest.allocate_file_number()
-        path = os.path.join(self.path, _table_name(number))
-        writer = TableWriter(
-            self._fs, path, self._options["block_bytes"], self._options["compression"]
-        )
-        try:
-            for i, entry in enumerate(entries):
-                writer.add(entry)
-                if cancellable and not i & 4095 and self._closing:
-                    raise _Cancelled()
-            for key, start, end in tombstones:
-                writer.add_tombstone(key, start, end)
-            if extra_summary:
-                for key, max_seq in extra_summary.items():
-                    writer.add_summary(key, max_seq)
-            size = writer.finish(sync=True)
-        except BaseException:
-            writer.abandon()
-            self._fs.remove(path)
-            raise
-        return TableInfo(number, size, writer.entry_count)
-
-    def _background_loop(self):
-        interval = self._options["expiry_check_seconds"]
-        while True:
-            with self._work:
-                if self._immutable is None and not self._closing and self._pick_level() is None:
-                    self._work.wait(interval)
-                if self._immutable is None and self._closing:
-                    return
-            try:
-                if self._immutable is not None:
-                    self._flush_immutable()
-                else:
-                    with self._compaction_lock:
-                        level = self._pick_level()
-                        if level is not None:
-                            self._compact_levels([level], level + 1, cancellable=True)
-            except _Cancelled:
-                log.info("compaction of %s cancelled by close", self.path)
-                return
-            except Exception as exc:
-                log.error("background work on %s failed: %s", self.path, exc, exc_info=True)
-                with self._work:
-                    self._background_error = exc
-                    self._work.notify_all()
-                return
-
-    def _pick_level(self):
-        return compaction.pick_level(
-            self._manifest.levels, self._tables, self._options["level_fanout"], self._now_ms()
-        )
-
-    def _flush_immutable(self):
-        memtable = self._immutable
-        started = time.monotonic()
-        info = self._write_table(memtable.entries(), memtable.tombstones, None)
-        table = self._make_table(info)
-        table.open()
-        with self._work:
-            self._manifest.levels[0].insert(0, info)
-            self._manifest.log_number = self._active.log_number
-            self._manifest.save(self._fs, self.path)
-            with self._visible_lock:
-                self._tables[info.number] = table
-                self._immutable = None
-                self._install_version()
-            self._stats["flushes"] += 1
-            self._stats["flush_bytes"] += info.size
-            self._work.notify_all()
-        self._fs.remove(os.path.join(self.path, _log_name(memtable.log_number)))
-        log.info(
-            "flushed %d entries to %s (%d bytes) in %.0f ms",
-            info.entries,
-            _table_name(info.number),
-            info.size,
-            (time.monotonic() - started) * 1000,
-        )
-
-    def compact(self):
-        """Flush, then merge every table into one, dropping expired and deleted data.
-
-        Runs in the calling thread. Afterwards no deleted or expired entry
-        and no tombstone takes space on disk.
-        """
-        self.flush()
-        with self._compaction_lock:
-            levels = self._manifest.levels
-            full = [i for i, level in enumerate(levels) if level]
-            if full:
-                self._compact_levels(full, max(1, len(levels) - 1), cancellable=False)
-
-    def _compact_levels(self, source_levels, target, cancellable):
-        """Merge every table of source_levels into one table, the newest of level target."""
-        levels = self._manifest.levels
-        inputs = [info for index in source_levels for info in levels[index]]
-        tables = [self._tables[info.number] for info in inputs]
-        started = time.monotonic()
-        while len(levels) <= target:
-            levels.append([])
-        is_bottom = not any(levels[i] for i in range(target, len(levels)) if i not in source_levels)
-        extra_summary = {}
-        tombstones = []
-        for table in tables:
-            table.load()
-            for key, (_, max_seq, _) in table.summary.items():
-                if max_seq > extra_summary.get(key, 0):
-                    extra_summary[key] = max_seq
-            if not is_bottom:
-                tombstones.extend(table.tombstones)
-        with self._visible_lock:
-            live_tombstones = self._tombstones
-        counts = {"dropped_expired": 0, "dropped_deleted": 0}
-        merged = compaction.surviving_entries(tables, live_tombstones, self._now_ms(), counts)
-        info = self._write_table(merged, tombstones, extra_summary, cancellable)
-        output = self._make_table(info)
-        output.open()
-        done = {i.number for i in inputs}
-        with self._work:
-            for index in source_levels:
-                levels[index] = [i for i in levels[index] if i.number not in done]
-            levels[target].insert(0, info)
-            while len(levels) > 1 and not levels[-1]:
-                levels.pop()
-            self._manifest.save(self._fs, self.path)
-            with self._visible_lock:
-                for number in done:
-                    del self._tables[number]
-                self._tables[info.number] = output
-                self._install_version()
-        for number in done:
-            self._fs.remove(os.path.join(self.path, _table_name(number)))
-        read_bytes = sum(i.size for i in inputs)
-        self._stats["compactions"] += 1
-        self._stats["compaction_bytes_read"] += read_bytes
-        self._stats["compaction_bytes_written"] += info.size
-        for name, value in counts.items():
-            self._stats[name] += value
-        log.info(
-            "compacted %d tables of levels %s (%d bytes) into %s at level %d "
-            "(%d bytes, %d expired and %d deleted entries dropped) in %.0f ms",
-            len(inputs),
-            source_levels,
-            read_bytes,
-            _table_name(info.number),
-            target,
-            info.size,
-            counts["dropped_expired"],
-            counts["dropped_deleted"],
-            (time.monotonic() - started) * 1000,
-        )
-
     # -- lifecycle -------------------------------------------------------
 
     def stats(self):
@@ -900,7 +579,11 @@ class DB:
             memtable_entries = len(self._active)
         stats = dict(self._stats)
         user = stats["user_bytes"]
-        written = stats["wal_bytes"] + stats["flush_bytes"] + stats["compaction_bytes_written"]
+        written = (
+            stats["wal_bytes"]
+            + stats["flush_bytes"]
+            + stats["compaction_bytes_written"]
+        )
         lookups = self._cache.hits + self._cache.misses
         stats.update(
             levels=levels,

@@ -92,7 +92,9 @@ class OsFileSystem:
     def create(self, path):
         """Create (or truncate) path and return a WritableFile."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+            )
         except OSError as exc:
             raise _io_error("create of", path, exc) from exc
         return WritableFile(path, fd, 0)

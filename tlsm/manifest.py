@@ -26,6 +26,18 @@ import zlib
 from .errors import CorruptionError
 
 FILENAME = "MANIFEST"
+
+
+def log_file_name(number):
+    """Return the name of log file number, e.g. 000012.log."""
+    return f"{number:06d}.log"
+
+
+def table_file_name(number):
+    """Return the name of table file number, e.g. 000013.sst."""
+    return f"{number:06d}.sst"
+
+
 FORMAT_VERSION = 1
 _TAG = "tlsm-manifest"
 
@@ -49,7 +61,9 @@ class Manifest:
         self.next_file_number = next_file_number
         self.log_number = log_number
         self.levels = levels if levels is not None else [[]]
-        self.tables = tables if tables is not None else {"default": {"id": 0, "ttl": None}}
+        self.tables = (
+            tables if tables is not None else {"default": {"id": 0, "ttl": None}}
+        )
 
     def allocate_file_number(self):
         number = self.next_file_number
@@ -78,7 +92,9 @@ class Manifest:
     @classmethod
     def decode(cls, data, path):
         newline = data.find(b"\n")
-        parts = data[:newline].decode("ascii", "replace").split(" ") if newline > 0 else []
+        parts = (
+            data[:newline].decode("ascii", "replace").split(" ") if newline > 0 else []
+        )
         if len(parts) != 3 or parts[0] != _TAG:
             raise CorruptionError(f"{path}: missing manifest header", path, 0)
         if parts[1] != str(FORMAT_VERSION):
@@ -87,7 +103,9 @@ class Manifest:
             )
         body = data[newline + 1 :]
         if f"{zlib.crc32(body):08x}" != parts[2]:
-            raise CorruptionError(f"{path}: manifest checksum mismatch", path, newline + 1)
+            raise CorruptionError(
+                f"{path}: manifest checksum mismatch", path, newline + 1
+            )
         try:
             state = json.loads(body)
             levels = [
@@ -98,9 +116,13 @@ class Manifest:
                 str(name): {"id": int(spec["id"]), "ttl": spec["ttl"]}
                 for name, spec in state["tables"].items()
             }
-            return cls(state["next_file_number"], state["log_number"], levels or [[]], tables)
+            return cls(
+                state["next_file_number"], state["log_number"], levels or [[]], tables
+            )
         except (ValueError, KeyError, TypeError) as exc:
-            raise CorruptionError(f"{path}: malformed manifest ({exc})", path, newline + 1) from None
+            raise CorruptionError(
+                f"{path}: malformed manifest ({exc})", path, newline + 1
+            ) from None
 
     @classmethod
     def load(cls, fs, directory):

@@ -79,7 +79,13 @@ class Memtable:
         seqs = run.seqs
         index = bisect.bisect_left(seqs, seq)
         if index < len(seqs) and seqs[index] == seq:
-            return (timeline_id, seq, run.kinds[index], run.expires[index], run.values[index])
+            return (
+                timeline_id,
+                seq,
+                run.kinds[index],
+                run.expires[index],
+                run.values[index],
+            )
         return None
 
     def last_seq(self, timeline_id):
@@ -118,7 +124,11 @@ class Memtable:
         for timeline_id in sorted(self._runs):
             run = self._runs[timeline_id]
             yield from zip(
-                [timeline_id] * len(run.seqs), run.seqs, run.kinds, run.expires, run.values
+                [timeline_id] * len(run.seqs),
+                run.seqs,
+                run.kinds,
+                run.expires,
+                run.values,
             )
 
     def timeline_summary(self):

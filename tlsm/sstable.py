@@ -147,7 +147,9 @@ class TableWriter:
             self._finish_block()
         index_parts = []
         for timeline_id, last_seq, offset, size in self._index:
-            index_parts.append(_INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size))
+            index_parts.append(
+                _INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size)
+            )
             index_parts.append(timeline_id)
         index_offset = self._offset
         index_block = _frame(b"".join(index_parts), COMPRESSION_NONE)
@@ -155,7 +157,9 @@ class TableWriter:
         summary_parts = []
         for timeline_id in sorted(self._summary):
             min_seq, max_seq, count = self._summary[timeline_id]
-            summary_parts.append(_SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count))
+            summary_parts.append(
+                _SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count)
+            )
             summary_parts.append(timeline_id)
         summary_offset = self._offset
         summary_block = _frame(b"".join(summary_parts), COMPRESSION_NONE)
@@ -257,7 +261,9 @@ class SSTable:
         self.summary = {}
 
     def _corrupt(self, what, offset):
-        return CorruptionError(f"sstable {self.path}: {what} at offset {offset}", self.path, offset)
+        return CorruptionError(
+            f"sstable {self.path}: {what} at offset {offset}", self.path, offset
+        )
 
     def _read_framed(self, offset, size):
         data = self._file.read_at(offset, size)
@@ -271,7 +277,9 @@ class SSTable:
             try:
                 return lz4.block.decompress(body)
             except lz4.block.LZ4BlockError as exc:
-                raise self._corrupt(f"LZ4 decompression failed ({exc})", offset) from None
+                raise self._corrupt(
+                    f"LZ4 decompression failed ({exc})", offset
+                ) from None
         if compression != COMPRESSION_NONE:
             raise self._corrupt(f"unknown compression type {compression}", offset)
         return body
@@ -297,7 +305,9 @@ class SSTable:
                 return
             index_offset, index_size, summary_offset, summary_size = self._footer
             self._parse_index(self._read_framed(index_offset, index_size), index_offset)
-            self._parse_summary(self._read_framed(summary_offset, summary_size), summary_offset)
+            self._parse_summary(
+                self._read_framed(summary_offset, summary_size), summary_offset
+            )
             self._loaded = True
 
     def _read_footer(self):
@@ -350,7 +360,9 @@ class SSTable:
         while pos < end:
             if pos + _INDEX_ENTRY.size > end:
                 raise self._corrupt("truncated index entry", offset + pos)
-            tl_len, last_seq, block_offset, block_size = _INDEX_ENTRY.unpack_from(body, pos)
+            tl_len, last_seq, block_offset, block_size = _INDEX_ENTRY.unpack_from(
+                body, pos
+            )
             pos += _INDEX_ENTRY.size
             keys.append((bytes(body[pos : pos + tl_len]), last_seq))
             offsets.append(block_offset)
@@ -404,7 +416,11 @@ class SSTable:
             return None
         entries = self.read_block(index)
         position = bisect.bisect_left(entries, key)
-        if position < len(entries) and entries[position][1] == seq and entries[position][0] == timeline_id:
+        if (
+            position < len(entries)
+            and entries[position][1] == seq
+            and entries[position][0] == timeline_id
+        ):
             return entries[position]
         return None
 

@@ -19,9 +19,13 @@ def check_ttl(ttl):
     if ttl is None:
         return None
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
-        raise InvalidArgumentError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+        raise InvalidArgumentError(
+            f"ttl must be a positive number of seconds or None, not {ttl!r}"
+        )
     if ttl > 100 * 365 * 86400:
-        raise InvalidArgumentError(f"ttl {ttl} is above the limit of 100 years in seconds")
+        raise InvalidArgumentError(
+            f"ttl {ttl} is above the limit of 100 years in seconds"
+        )
     return float(ttl)
 
 
@@ -65,11 +69,16 @@ class Table:
         ttl (seconds) overrides the table's default TTL for this entry. The
         entry expires ttl seconds after this call, whatever compaction does.
         """
-        return self._db._write([self.prepare_append(timeline_id, payload, ttl)], sync)[0]
+        return self._db._write([self.prepare_append(timeline_id, payload, ttl)], sync)[
+            0
+        ]
 
     def append_batch(self, entries, *, ttl=None, sync=None):
         """Append (timeline_id, payload) pairs atomically and return their seqs."""
-        ops = [self.prepare_append(timeline_id, payload, ttl) for timeline_id, payload in entries]
+        ops = [
+            self.prepare_append(timeline_id, payload, ttl)
+            for timeline_id, payload in entries
+        ]
         self._db._check_batch_size(ops)
         return self._db._write(ops, sync)
 
@@ -96,9 +105,20 @@ class Table:
         """Return the highest seq ever appended, or 0; deletes and expiry never lower it."""
         return self._db._last_seq(self.key(timeline_id), snapshot)
 
-    def scan(self, timeline_id, start=None, end=None, limit=None, reverse=False, *, snapshot=None):
+    def scan(
+        self,
+        timeline_id,
+        start=None,
+        end=None,
+        limit=None,
+        reverse=False,
+        *,
+        snapshot=None,
+    ):
         """Iterate (seq, payload) with start <= seq < end; see DB.scan."""
-        return self._db._scan(self.key(timeline_id), start, end, limit, reverse, snapshot)
+        return self._db._scan(
+            self.key(timeline_id), start, end, limit, reverse, snapshot
+        )
 
 
 class WriteBatch:
@@ -178,6 +198,15 @@ class Snapshot:
     def last_seq(self, timeline_id, *, table=None):
         return self._db._resolve_table(table).last_seq(timeline_id, snapshot=self)
 
-    def scan(self, timeline_id, start=None, end=None, limit=None, reverse=False, *, table=None):
+    def scan(
+        self,
+        timeline_id,
+        start=None,
+        end=None,
+        limit=None,
+        reverse=False,
+        *,
+        table=None,
+    ):
         table = self._db._resolve_table(table)
         return table.scan(timeline_id, start, end, limit, reverse, snapshot=self)

@@ -56,7 +56,9 @@ def decode_batch(payload, path, offset):
     record_type, count = _BATCH_HEADER.unpack_from(payload, 0)
     if record_type != RECORD_BATCH:
         raise CorruptionError(
-            f"{path}: unknown record type {record_type} at offset {offset}", path, offset
+            f"{path}: unknown record type {record_type} at offset {offset}",
+            path,
+            offset,
         )
     entries = []
     pos = _BATCH_HEADER.size
@@ -64,12 +66,16 @@ def decode_batch(payload, path, offset):
     entry_size = _ENTRY.size
     for _ in range(count):
         if pos + entry_size > len(payload):
-            raise CorruptionError(f"{path}: truncated entry at offset {offset}", path, offset)
+            raise CorruptionError(
+                f"{path}: truncated entry at offset {offset}", path, offset
+            )
         kind, tl_len, seq, expires_at, value_len = unpack(payload, pos)
         pos += entry_size
         end = pos + tl_len + value_len
         if end > len(payload):
-            raise CorruptionError(f"{path}: entry overruns record at offset {offset}", path, offset)
+            raise CorruptionError(
+                f"{path}: entry overruns record at offset {offset}", path, offset
+            )
         timeline_id = bytes(payload[pos : pos + tl_len])
         value = bytes(payload[pos + tl_len : end])
         pos = end
@@ -184,7 +190,9 @@ def read_log(fs, path):
             reason = "checksum mismatch"
             break
         try:
-            batches.append(decode_batch(memoryview(data)[pos + HEADER_SIZE : end], path, pos))
+            batches.append(
+                decode_batch(memoryview(data)[pos + HEADER_SIZE : end], path, pos)
+            )
         except CorruptionError as exc:
             reason = str(exc)
             break
