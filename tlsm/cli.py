@@ -1,0 +1,155 @@
+"""The `tlsm` command line.
+
+`tlsm serve` runs the RESP server and `tlsm replay` replays a chat log.
+
+Run `tlsm --help` or `tlsm <command> --help` for the options.
+"""
+
+import argparse
+import logging
+import sys
+
+from . import replay, server
+from .keys import DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES_LIMIT
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _port(text):
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
+    return value
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _payload_limit(text):
+    value = int(text)
+    if not 1 <= value <= MAX_PAYLOAD_BYTES_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"must be in 1..{MAX_PAYLOAD_BYTES_LIMIT} bytes, got {value}"
+        )
+    return value
+
+
+def build_parser():
+    """Return the argument parser of the `tlsm` command."""
+    parser = argparse.ArgumentParser(
+        prog="tlsm",
+        description="Timeline storage engine for instant messaging.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"tlsm {server.server_version()}"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.upper,
+        default="INFO",
+        help="lowest level of log messages written to stderr (default: INFO)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the RESP server",
+        description="Serve TL.* and IM.* commands over RESP until SIGINT or SIGTERM.",
+    )
+    serve.add_argument(
+        "--host",
+        default=server.DEFAULT_HOST,
+        help=f"address to listen on (default: {server.DEFAULT_HOST})",
+    )
+    serve.add_argument(
+        "--port",
+        type=_port,
+        default=server.DEFAULT_PORT,
+        help=f"TCP port; 0 picks a free one (default: {server.DEFAULT_PORT})",
+    )
+    serve.add_argument(
+        "--data",
+        default=server.DEFAULT_DATA_DIR,
+        help=f"data directory, created if missing (default: {server.DEFAULT_DATA_DIR})",
+    )
+    serve.add_argument(
+        "--sync",
+        choices=("none", "always"),
+        default="none",
+        help="none: each write reaches the OS before its reply, which survives a "
+        "process crash; always: each write is fsynced before its reply, which "
+        "also survives a power loss (default: none)",
+    )
+    serve.add_argument(
+        "--max-payload-bytes",
+        type=_payload_limit,
+        default=DEFAULT_MAX_PAYLOAD_BYTES,
+        help="largest payload accepted, in bytes "
+        f"(default: {DEFAULT_MAX_PAYLOAD_BYTES})",
+    )
+    serve.add_argument(
+        "--max-input-bytes",
+        type=_positive,
+        default=server.DEFAULT_MAX_INPUT_BYTES,
+        help="unprocessed request bytes one client may have buffered before the "
+        f"server closes its connection (default: {server.DEFAULT_MAX_INPUT_BYTES})",
+    )
+    serve.add_argument(
+        "--max-output-bytes",
+        type=_positive,
+        default=server.DEFAULT_MAX_OUTPUT_BYTES,
+        help="unread reply bytes one client may have buffered before the server "
+        f"closes its connection (default: {server.DEFAULT_MAX_OUTPUT_BYTES})",
+    )
+    _add_log_level(serve)
+
+    replay_parser = subparsers.add_parser(
+        "replay",
+        help="replay a chat log against a running server and verify delivery",
+        description="Replay a chat log through IM.SEND and IM.SYNC and check "
+        "that every device receives every message.",
+    )
+    replay.add_arguments(replay_parser)
+    _add_log_level(replay_parser)
+    return parser
+
+
+def _add_log_level(subparser):
+    # Accept --log-level after the command too; SUPPRESS keeps the value
+    # given before the command when it is absent here.
+    subparser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        type=str.upper,
+        default=argparse.SUPPRESS,
+        help="lowest level of log messages written to stderr (default: INFO)",
+    )
+
+
+def main(argv=None):
+    """Run `tlsm` with argv (default: sys.argv[1:]) and return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    if args.command == "serve":
+        config = server.ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data,
+            sync=args.sync,
+            max_payload_bytes=args.max_payload_bytes,
+            max_input_bytes=args.max_input_bytes,
+            max_output_bytes=args.max_output_bytes,
+        )
+        return server.run(config)
+    return replay.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

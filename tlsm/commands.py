@@ -1,0 +1,792 @@
+"""Command table and handlers of the RESP server.
+
+Every handler is named cmd_<command> with dots turned into underscores
+(cmd_tl_append serves TL.APPEND) and has the signature
+handler(conn, args) -> result. args is the whole request as a list of bytes,
+the command name first. conn is the server's Connection and provides
+conn.db, conn.im, conn.server and conn.proto (2 or 3).
+
+A handler returns one of:
+- bytes: a complete encoded reply;
+- BlockingRead: nothing to return yet, so the connection waits for a write
+  to one of the listed timelines or for the timeout;
+- CloseAfterReply: a reply after which the connection is closed (QUIT).
+
+A handler signals a client mistake by raising CommandError, whose message
+starts with the error code word, or InvalidArgumentError from the engine,
+which the server sends as an ERR reply. Any other exception is a server bug:
+the server logs it and replies ERR internal error.
+
+Timelines whose id starts with "im:" belong to the IM layer (see tlsm/im.py),
+so TL.APPEND and TL.MAPPEND reject them. TL reads of them are allowed.
+"""
+
+import fnmatch
+import os
+
+from . import reply
+from .im import IM_PREFIX, NotMemberError, sync_timeline
+from .keys import MAX_SEQ
+
+MAX_COUNT = (1 << 63) - 1
+# Largest BLOCK timeout in milliseconds: about 31 years, far beyond any
+# client's patience, and small enough for the event loop's float clock.
+MAX_BLOCK_MS = 1 << 50
+DEFAULT_SYNC_COUNT = 100
+DEFAULT_HISTORY_COUNT = 20
+SERVER_NAME = "tlsm"
+
+
+class CommandError(Exception):
+    """A client mistake; the message starts with the error code (ERR, NOTMEMBER)."""
+
+
+class BlockingRead:
+    """A read that found nothing and waits for a write or a timeout.
+
+    read() returns the encoded reply once one of timeline_ids has entries to
+    return, or None while there is still nothing. timeout is in seconds from
+    the request's arrival, None to wait forever. timeout_reply is sent when
+    the timeout expires or the server shuts down.
+    """
+
+    __slots__ = ("read", "timeline_ids", "timeout", "timeout_reply")
+
+    def __init__(self, timeline_ids, read, timeout, timeout_reply):
+        self.timeline_ids = timeline_ids
+        self.read = read
+        self.timeout = timeout
+        self.timeout_reply = timeout_reply
+
+
+class CloseAfterReply:
+    """A reply after which the server closes the connection."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply_bytes):
+        self.reply = reply_bytes
+
+
+class CommandSpec:
+    """One entry of the command table.
+
+    arity counts the command name, as Redis does: a positive arity is the
+    exact number of arguments, a negative one the minimum.
+    """
+
+    __slots__ = ("arguments", "arity", "flags", "group", "handler", "name", "summary")
+
+    def __init__(self, name, handler, arity, flags, group, summary, arguments):
+        self.name = name
+        self.handler = handler
+        self.arity = arity
+        self.flags = flags
+        self.group = group
+        self.summary = summary
+        self.arguments = arguments
+
+
+# ---------------------------------------------------------------------------
+# Argument parsing
+
+
+def show_arg(arg, limit=64):
+    """Return arg as printable text for an error message, cut to limit characters."""
+    text = arg.decode("utf-8", "backslashreplace")
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text
+
+
+def wrong_arity_error(name):
+    """Return the error for a wrong number of arguments to command name (bytes)."""
+    return CommandError(
+        f"ERR wrong number of arguments for '{show_arg(name.lower())}' command"
+    )
+
+
+def parse_int(arg, field, minimum, maximum):
+    """Parse arg as a decimal integer in minimum..maximum.
+
+    Raises CommandError naming the value and the allowed range. Unlike int(),
+    this rejects spaces, underscores and a leading plus sign.
+    """
+    digits = arg[1:] if arg[:1] == b"-" else arg
+    if digits.isdigit() and len(digits) <= 20:
+        value = int(arg)
+        if minimum <= value <= maximum:
+            return value
+    raise CommandError(
+        f"ERR value is not an integer or out of range: {field} '{show_arg(arg)}' "
+        f"must be an integer in {minimum}..{maximum}"
+    )
+
+
+def parse_seq(arg, field="seq"):
+    """Parse a seq: an integer in 0..MAX_SEQ."""
+    return parse_int(arg, field, 0, MAX_SEQ)
+
+
+def parse_count(arg):
+    """Parse the value of a COUNT option: an integer of at least 0."""
+    return parse_int(arg, "COUNT", 0, MAX_COUNT)
+
+
+def parse_block_timeout(arg):
+    """Parse a BLOCK value in milliseconds; return seconds, or None for 0 (forever)."""
+    millis = parse_int(arg, "BLOCK timeout in milliseconds", 0, MAX_BLOCK_MS)
+    return None if millis == 0 else millis / 1000.0
+
+
+def parse_options(args, start, names, command):
+    """Parse trailing NAME value options of a command.
+
+    names maps an upper-case option name (bytes) to its parser. Returns a
+    dict from option name to parsed value. Raises CommandError for an unknown
+    option or a missing value.
+    """
+    options = {}
+    index = start
+    while index < len(args):
+        name = args[index].upper()
+        parser = names.get(name)
+        if parser is None:
+            raise CommandError(
+                f"ERR syntax error: unexpected argument '{show_arg(args[index])}' "
+                f"to '{command}'"
+            )
+        if index + 1 >= len(args):
+            raise CommandError(
+                f"ERR syntax error: option {name.decode()} of '{command}' needs a value"
+            )
+        options[name] = parser(args[index + 1])
+        index += 2
+    return options
+
+
+def check_writable(timeline_id):
+    """Raise CommandError when timeline_id is reserved for the IM layer."""
+    if timeline_id.startswith(IM_PREFIX):
+        raise CommandError(
+            f"ERR timeline '{show_arg(timeline_id)}' is reserved for the IM layer "
+            f"(ids starting with '{IM_PREFIX.decode()}'): write it with IM.SEND "
+            "or IM.JOIN"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Reply encoding of entries
+
+
+def encode_entries(entries):
+    """Encode (seq, payload) pairs as an array of two-element arrays."""
+    parts = [b"*%d\r\n" % len(entries)]
+    append = parts.append
+    for seq, payload in entries:
+        append(b"*2\r\n:%d\r\n$%d\r\n%b\r\n" % (seq, len(payload), payload))
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# TL.* handlers
+
+
+def cmd_tl_append(conn, args):
+    """TL.APPEND timeline payload -> integer seq."""
+    timeline_id = args[1]
+    check_writable(timeline_id)
+    seq = conn.db.append(timeline_id, args[2])
+    conn.server.notify_written((timeline_id,))
+    return b":%d\r\n" % seq
+
+
+def cmd_tl_mappend(conn, args):
+    """TL.MAPPEND timeline payload [timeline payload ...] -> array of seqs."""
+    if len(args) % 2 == 0:
+        raise wrong_arity_error(args[0])
+    items = []
+    for index in range(1, len(args), 2):
+        check_writable(args[index])
+        items.append((args[index], args[index + 1]))
+    seqs = conn.db.append_batch(items)
+    conn.server.notify_written({timeline_id for timeline_id, _ in items})
+    parts = [b"*%d\r\n" % len(seqs)]
+    parts.extend(b":%d\r\n" % seq for seq in seqs)
+    return b"".join(parts)
+
+
+def cmd_tl_get(conn, args):
+    """TL.GET timeline seq -> bulk string or null."""
+    payload = conn.db.get(args[1], parse_seq(args[2]))
+    if payload is None:
+        return reply.null_bulk(conn.proto)
+    return reply.bulk(payload)
+
+
+def cmd_tl_last(conn, args):
+    """TL.LAST timeline -> integer, 0 for an empty timeline."""
+    return b":%d\r\n" % conn.db.last_seq(args[1])
+
+
+def parse_range_bound(arg, is_lower):
+    """Parse an XRANGE-style bound into an inclusive seq.
+
+    "-" and "+" are the open ends; "(" before a number makes the bound
+    exclusive. An exclusive bound can step outside 0..MAX_SEQ, which gives an
+    empty range, not an error.
+    """
+    if arg == b"-":
+        return 0
+    if arg == b"+":
+        return MAX_SEQ
+    if arg[:1] == b"(":
+        seq = parse_seq(arg[1:], "range bound")
+        return seq + 1 if is_lower else seq - 1
+    return parse_seq(arg, "range bound")
+
+
+def scan_inclusive(db, timeline_id, low, high, count, reverse):
+    """Return the entries with low <= seq <= high, at most count of them."""
+    if count == 0 or low > high or low > MAX_SEQ or high < 0:
+        return []
+    end = None if high >= MAX_SEQ else high + 1
+    return list(db.scan(timeline_id, start=low, end=end, limit=count, reverse=reverse))
+
+
+_RANGE_OPTIONS = {b"COUNT": parse_count}
+
+
+def cmd_tl_range(conn, args):
+    """TL.RANGE timeline start end [COUNT n] -> array of [seq, payload]."""
+    low = parse_range_bound(args[2], is_lower=True)
+    high = parse_range_bound(args[3], is_lower=False)
+    options = parse_options(args, 4, _RANGE_OPTIONS, "tl.range")
+    count = options.get(b"COUNT")
+    return encode_entries(scan_inclusive(conn.db, args[1], low, high, count, False))
+
+
+def cmd_tl_revrange(conn, args):
+    """TL.REVRANGE timeline end start [COUNT n] -> entries, newest first."""
+    high = parse_range_bound(args[2], is_lower=False)
+    low = parse_range_bound(args[3], is_lower=True)
+    options = parse_options(args, 4, _RANGE_OPTIONS, "tl.revrange")
+    count = options.get(b"COUNT")
+    return encode_entries(scan_inclusive(conn.db, args[1], low, high, count, True))
+
+
+def parse_pull_args(db, args):
+    """Parse TL.PULL arguments.
+
+    Returns (count, blocking, timeout, timeline_ids, after_seqs).
+
+    timeout is in seconds, None for BLOCK 0 (wait forever). "$" as a seq is
+    resolved to the timeline's last seq at this moment.
+    """
+    count = None
+    blocking = False
+    timeout = None
+    index = 1
+    while index < len(args):
+        option = args[index].upper()
+        if option == b"TIMELINES":
+            break
+        if index + 1 >= len(args):
+            raise CommandError(
+                f"ERR syntax error: option '{show_arg(option)}' of 'tl.pull' "
+                "needs a value"
+            )
+        if option == b"COUNT":
+            count = parse_count(args[index + 1])
+        elif option == b"BLOCK":
+            blocking = True
+            timeout = parse_block_timeout(args[index + 1])
+        else:
+            raise CommandError(
+                f"ERR syntax error: unexpected argument '{show_arg(args[index])}' "
+                "to 'tl.pull', expected COUNT, BLOCK or TIMELINES"
+            )
+        index += 2
+    rest = args[index + 1 :]
+    if index >= len(args) or not rest or len(rest) % 2:
+        raise CommandError(
+            "ERR syntax error: 'tl.pull' needs TIMELINES followed by the same "
+            "number of timelines and seqs, for example TL.PULL TIMELINES t1 t2 0 0"
+        )
+    half = len(rest) // 2
+    timeline_ids = rest[:half]
+    after_seqs = []
+    for timeline_id, arg in zip(timeline_ids, rest[half:]):
+        after_seqs.append(db.last_seq(timeline_id) if arg == b"$" else parse_seq(arg))
+    return count, blocking, timeout, timeline_ids, after_seqs
+
+
+def cmd_tl_pull(conn, args):
+    """TL.PULL [COUNT n] [BLOCK ms] TIMELINES t1 ... s1 ... -> entries above seqs."""
+    db = conn.db
+    count, blocking, timeout, timeline_ids, after_seqs = parse_pull_args(db, args)
+
+    def read():
+        found = []
+        for timeline_id, after in zip(timeline_ids, after_seqs):
+            if after >= MAX_SEQ or count == 0:
+                continue
+            entries = list(db.scan(timeline_id, start=after + 1, limit=count))
+            if entries:
+                found.append((timeline_id, entries))
+        if not found:
+            return None
+        # RESP3: a map from timeline to entries. RESP2: an array of
+        # [timeline, entries] pairs, the shape of XREAD.
+        proto = conn.proto
+        parts = [
+            reply.map_header(len(found), 3) if proto == 3 else b"*%d\r\n" % len(found)
+        ]
+        for timeline_id, entries in found:
+            if proto != 3:
+                parts.append(b"*2\r\n")
+            parts.append(reply.bulk(timeline_id))
+            parts.append(encode_entries(entries))
+        return b"".join(parts)
+
+    result = read()
+    if result is not None:
+        return result
+    nil = reply.null_array(conn.proto)
+    if not blocking:
+        return nil
+    return BlockingRead(set(timeline_ids), read, timeout, nil)
+
+
+# ---------------------------------------------------------------------------
+# IM.* handlers
+
+
+def _encode_sync_messages(messages, proto):
+    parts = [b"*%d\r\n" % len(messages)]
+    null = reply.null_bulk(proto)
+    for sync_seq, conversation, store_seq, sender, payload in messages:
+        parts.append(b"*5\r\n:%d\r\n" % sync_seq)
+        parts.append(reply.bulk(conversation))
+        parts.append(b":%d\r\n" % store_seq)
+        parts.append(null if sender is None else reply.bulk(sender))
+        parts.append(null if payload is None else reply.bulk(payload))
+    return b"".join(parts)
+
+
+def cmd_im_join(conn, args):
+    """IM.JOIN conversation user [user ...] -> integer, the users newly added."""
+    added, written = conn.im.join(args[1], args[2:])
+    if written:
+        conn.server.notify_written(written)
+    return b":%d\r\n" % added
+
+
+def cmd_im_members(conn, args):
+    """IM.MEMBERS conversation -> array of users in join order."""
+    members = conn.im.members(args[1])
+    return b"".join([b"*%d\r\n" % len(members)] + [reply.bulk(u) for u in members])
+
+
+def cmd_im_send(conn, args):
+    """IM.SEND conversation sender payload -> integer store seq."""
+    try:
+        store_seq, written = conn.im.send(args[1], args[2], args[3])
+    except NotMemberError as exc:
+        raise CommandError(f"NOTMEMBER {exc}") from None
+    conn.server.notify_written(written)
+    return b":%d\r\n" % store_seq
+
+
+_SYNC_OPTIONS = {b"COUNT": parse_count, b"BLOCK": parse_block_timeout}
+
+
+def cmd_im_sync(conn, args):
+    """IM.SYNC user after_seq [COUNT n] [BLOCK ms] -> array of messages."""
+    user = args[1]
+    after_seq = parse_seq(args[2], "after_seq")
+    options = parse_options(args, 3, _SYNC_OPTIONS, "im.sync")
+    count = options.get(b"COUNT", DEFAULT_SYNC_COUNT)
+    im = conn.im
+
+    def read():
+        if count == 0 or after_seq >= MAX_SEQ:
+            return None
+        messages = im.sync(user, after_seq, count)
+        if not messages:
+            return None
+        return _encode_sync_messages(messages, conn.proto)
+
+    result = read()
+    if result is not None:
+        return result
+    if b"BLOCK" not in options:
+        return reply.EMPTY_ARRAY
+    timeline_id = sync_timeline(user)
+    return BlockingRead(
+        {timeline_id}, read, options[b"BLOCK"], reply.null_array(conn.proto)
+    )
+
+
+_HISTORY_OPTIONS = {b"BEFORE": parse_seq, b"COUNT": parse_count}
+
+
+def cmd_im_history(conn, args):
+    """IM.HISTORY conversation [BEFORE seq] [COUNT n] -> messages, newest first."""
+    options = parse_options(args, 2, _HISTORY_OPTIONS, "im.history")
+    count = options.get(b"COUNT", DEFAULT_HISTORY_COUNT)
+    if count == 0:
+        return reply.EMPTY_ARRAY
+    messages = conn.im.history(args[1], options.get(b"BEFORE"), count)
+    parts = [b"*%d\r\n" % len(messages)]
+    for store_seq, sender, payload in messages:
+        parts.append(b"*3\r\n:%d\r\n" % store_seq)
+        parts.append(reply.bulk(sender))
+        parts.append(reply.bulk(payload))
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Connection and server commands
+
+
+def cmd_ping(conn, args):
+    """PING [message] -> PONG, or the message as a bulk string."""
+    if len(args) == 1:
+        return reply.PONG
+    return reply.bulk(args[1])
+
+
+def cmd_echo(conn, args):
+    """ECHO message -> the message."""
+    return reply.bulk(args[1])
+
+
+def cmd_quit(conn, args):
+    """QUIT -> OK, then the server closes the connection."""
+    return CloseAfterReply(reply.OK)
+
+
+def cmd_select(conn, args):
+    """SELECT index -> OK for database 0, the only one."""
+    if parse_int(args[1], "database index", 0, MAX_COUNT) != 0:
+        raise CommandError(
+            f"ERR DB index '{show_arg(args[1])}' is out of range: "
+            "tlsm has only database 0"
+        )
+    return reply.OK
+
+
+def cmd_auth(conn, args):
+    """AUTH [username] password -> an error: tlsm has no passwords."""
+    raise CommandError(
+        "ERR AUTH called without any password configured: tlsm has no authentication"
+    )
+
+
+def server_info_map(conn):
+    """Return the map that HELLO replies with."""
+    return {
+        "server": SERVER_NAME,
+        "version": conn.server.version,
+        "proto": conn.proto,
+        "id": conn.client_id,
+        "mode": "standalone",
+        "role": "master",
+        "modules": [],
+    }
+
+
+def cmd_hello(conn, args):
+    """HELLO [protover [AUTH username password] [SETNAME name]] -> server map."""
+    if len(args) >= 2:
+        version = parse_int(args[1], "protocol version", 0, MAX_COUNT)
+        if version not in (2, 3):
+            raise CommandError(
+                f"NOPROTO unsupported protocol version {version}, use 2 or 3"
+            )
+        name = None
+        index = 2
+        while index < len(args):
+            option = args[index].upper()
+            if option == b"AUTH" and index + 2 < len(args):
+                # NOTE: tlsm has no authentication, so any credentials pass,
+                # as they do for a Redis default user without a password.
+                index += 3
+            elif option == b"SETNAME" and index + 1 < len(args):
+                name = args[index + 1]
+                index += 2
+            else:
+                raise CommandError(
+                    f"ERR syntax error in HELLO option '{show_arg(args[index])}'"
+                )
+        if name is not None:
+            conn.set_name(validate_client_name(name))
+        conn.proto = version
+    return reply.encode_value(server_info_map(conn), conn.proto)
+
+
+def validate_client_name(name):
+    """Return name, raising CommandError if it contains spaces or control characters."""
+    if any(byte <= 32 or byte >= 127 for byte in name):
+        raise CommandError(
+            f"ERR client name '{show_arg(name)}' contains spaces, newlines or "
+            "other special characters"
+        )
+    return name
+
+
+def cmd_client(conn, args):
+    """CLIENT ID | SETNAME name | GETNAME | SETINFO attr value | INFO | LIST."""
+    sub = args[1].upper()
+    if sub == b"ID" and len(args) == 2:
+        return b":%d\r\n" % conn.client_id
+    if sub == b"SETNAME" and len(args) == 3:
+        conn.set_name(validate_client_name(args[2]))
+        return reply.OK
+    if sub == b"GETNAME" and len(args) == 2:
+        return (
+            reply.null_bulk(conn.proto) if conn.name is None else reply.bulk(conn.name)
+        )
+    if sub == b"SETINFO" and len(args) == 4:
+        attribute = args[2].upper()
+        if attribute not in (b"LIB-NAME", b"LIB-VER"):
+            raise CommandError(
+                f"ERR unrecognized CLIENT SETINFO attribute '{show_arg(args[2])}', "
+                "expected LIB-NAME or LIB-VER"
+            )
+        conn.lib_info[attribute.decode().lower()] = validate_client_name(args[3])
+        return reply.OK
+    if sub == b"INFO" and len(args) == 2:
+        return reply.bulk(conn.describe().encode() + b"\n")
+    if sub == b"LIST" and len(args) == 2:
+        lines = [c.describe() for c in conn.server.connections.values()]
+        return reply.bulk("".join(line + "\n" for line in lines).encode())
+    if sub in (b"ID", b"SETNAME", b"GETNAME", b"SETINFO", b"INFO", b"LIST"):
+        raise CommandError(
+            f"ERR wrong number of arguments for 'client|{sub.decode().lower()}' command"
+        )
+    raise CommandError(
+        f"ERR unknown subcommand '{show_arg(args[1])}' of CLIENT, expected "
+        "ID, SETNAME, GETNAME, SETINFO, INFO or LIST"
+    )
+
+
+def cmd_config(conn, args):
+    """CONFIG GET pattern [pattern ...] -> map of the matching parameters.
+
+    Only a few read-only parameters exist, for tools such as redis-benchmark
+    that read them at start.
+    """
+    if args[1].upper() != b"GET" or len(args) < 3:
+        raise CommandError(
+            "ERR only CONFIG GET pattern [pattern ...] is supported; "
+            "tlsm takes its settings from the command line"
+        )
+    config = conn.server.config
+    parameters = {
+        "appendonly": "yes",
+        "appendfsync": "always" if config.sync == "always" else "no",
+        "save": "",
+        "databases": "1",
+        "dir": os.path.abspath(config.data_dir),
+        "port": str(conn.server.port),
+        "bind": config.host,
+    }
+    matched = {}
+    for pattern in args[2:]:
+        text = pattern.decode("utf-8", "replace").lower()
+        for key, value in parameters.items():
+            if fnmatch.fnmatchcase(key, text):
+                matched[key] = value
+    return reply.encode_value(matched, conn.proto)
+
+
+def cmd_info(conn, args):
+    """INFO [section ...] -> "key:value" lines under "# Section" headers."""
+    sections = conn.server.info_sections()
+    requested = [arg.decode("utf-8", "replace").lower() for arg in args[1:]]
+    if not requested or any(
+        name in ("all", "everything", "default") for name in requested
+    ):
+        requested = list(sections)
+    lines = []
+    for name in requested:
+        fields = sections.get(name)
+        if fields is None:
+            continue
+        if lines:
+            lines.append("")
+        lines.append("# " + name.capitalize())
+        lines.extend(f"{key}:{value}" for key, value in fields.items())
+    return reply.bulk(("\r\n".join(lines) + "\r\n").encode() if lines else b"")
+
+
+def command_info(spec):
+    """Return the COMMAND INFO entry of spec in the Redis 7 layout."""
+    # name, arity, flags, first key, last key, key step, ACL categories,
+    # tips, key specs, subcommands. TL and IM commands take their timeline
+    # or conversation as the first argument, which tools treat as the key.
+    keyed = spec.group in ("timeline", "im")
+    flags = [reply.SimpleString(flag) for flag in spec.flags]
+    return [
+        spec.name,
+        spec.arity,
+        flags,
+        1 if keyed else 0,
+        1 if keyed else 0,
+        1 if keyed else 0,
+        [],
+        [],
+        [],
+        [],
+    ]
+
+
+def command_docs(spec):
+    """Return the COMMAND DOCS map of spec."""
+    return {
+        "summary": spec.summary,
+        "since": "0.1.0",
+        "group": spec.group,
+        "arguments": [dict(argument) for argument in spec.arguments],
+    }
+
+
+def _lookup_specs(names):
+    specs = []
+    for name in names:
+        spec = COMMANDS.get(name.lower())
+        specs.append((name, spec))
+    return specs
+
+
+def cmd_command(conn, args):
+    """COMMAND | COMMAND COUNT | COMMAND INFO [name ...] | COMMAND DOCS [name ...]."""
+    proto = conn.proto
+    if len(args) == 1:
+        return reply.encode_value([command_info(s) for s in COMMANDS.values()], proto)
+    sub = args[1].upper()
+    if sub == b"COUNT" and len(args) == 2:
+        return b":%d\r\n" % len(COMMANDS)
+    if sub == b"INFO":
+        if len(args) == 2:
+            infos = [command_info(s) for s in COMMANDS.values()]
+        else:
+            infos = [
+                None if spec is None else command_info(spec)
+                for _, spec in _lookup_specs(args[2:])
+            ]
+        return reply.encode_value(infos, proto)
+    if sub == b"DOCS":
+        if len(args) == 2:
+            docs = {s.name: command_docs(s) for s in COMMANDS.values()}
+        else:
+            docs = {
+                spec.name: command_docs(spec)
+                for _, spec in _lookup_specs(args[2:])
+                if spec is not None
+            }
+        return reply.encode_value(docs, proto)
+    raise CommandError(
+        f"ERR unknown subcommand '{show_arg(args[1])}' of COMMAND, expected "
+        "COUNT, INFO or DOCS"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Command table
+
+
+def _arg(name, arg_type="string", optional=False, multiple=False, token=None, parts=()):
+    # One argument of COMMAND DOCS. redis-cli 7 builds its hints from these
+    # and expects "arguments" in every argument of type block or oneof.
+    argument = {"name": name, "type": arg_type}
+    if token is not None:
+        argument["token"] = token
+    if parts:
+        argument["arguments"] = [dict(part) for part in parts]
+    flags = [
+        flag for flag, on in (("optional", optional), ("multiple", multiple)) if on
+    ]
+    if flags:
+        argument["flags"] = [reply.SimpleString(flag) for flag in flags]
+    return tuple(argument.items())
+
+
+_TIMELINE = _arg("timeline", "key")
+_COUNT = _arg("count", "integer", optional=True, token="COUNT")
+_BLOCK = _arg("milliseconds", "integer", optional=True, token="BLOCK")
+
+_TABLE = [
+    # name, handler, arity, flags, group, summary, arguments
+    ("tl.append", cmd_tl_append, 3, ("write", "fast"), "timeline",
+     "Append a payload to a timeline and return its seq.",
+     [_TIMELINE, _arg("payload")]),
+    ("tl.mappend", cmd_tl_mappend, -3, ("write",), "timeline",
+     "Append to several timelines in one atomic batch and return the seqs.",
+     [_arg("pair", "block", multiple=True, parts=[_TIMELINE, _arg("payload")])]),
+    ("tl.get", cmd_tl_get, 3, ("readonly", "fast"), "timeline",
+     "Return the payload at a seq, or null.",
+     [_TIMELINE, _arg("seq", "integer")]),
+    ("tl.last", cmd_tl_last, 2, ("readonly", "fast"), "timeline",
+     "Return the last seq of a timeline, 0 when it is empty.",
+     [_TIMELINE]),
+    ("tl.range", cmd_tl_range, -4, ("readonly",), "timeline",
+     "Return entries between two seqs, oldest first.",
+     [_TIMELINE, _arg("start"), _arg("end"), _COUNT]),
+    ("tl.revrange", cmd_tl_revrange, -4, ("readonly",), "timeline",
+     "Return entries between two seqs, newest first.",
+     [_TIMELINE, _arg("end"), _arg("start"), _COUNT]),
+    ("tl.pull", cmd_tl_pull, -4, ("readonly", "blocking"), "timeline",
+     "Return entries above a seq for each timeline, waiting with BLOCK.",
+     [_COUNT, _BLOCK, _arg("timelines", "pure-token", token="TIMELINES"),
+      _arg("timeline", "key", multiple=True), _arg("seq", multiple=True)]),
+    ("im.join", cmd_im_join, -3, ("write",), "im",
+     "Add users to a conversation and return how many were new.",
+     [_arg("conversation", "key"), _arg("user", multiple=True)]),
+    ("im.members", cmd_im_members, 2, ("readonly",), "im",
+     "Return the members of a conversation in join order.",
+     [_arg("conversation", "key")]),
+    ("im.send", cmd_im_send, 4, ("write",), "im",
+     "Store a message and add it to every member's sync timeline.",
+     [_arg("conversation", "key"), _arg("sender"), _arg("payload")]),
+    ("im.sync", cmd_im_sync, -3, ("readonly", "blocking"), "im",
+     "Return a user's messages above a sync seq, waiting with BLOCK.",
+     [_arg("user"), _arg("after_seq", "integer"), _COUNT, _BLOCK]),
+    ("im.history", cmd_im_history, -2, ("readonly",), "im",
+     "Return a conversation's messages, newest first.",
+     [_arg("conversation", "key"),
+      _arg("seq", "integer", optional=True, token="BEFORE"), _COUNT]),
+    ("ping", cmd_ping, -1, ("fast",), "connection",
+     "Return PONG, or the message given.",
+     [_arg("message", optional=True)]),
+    ("echo", cmd_echo, 2, ("fast",), "connection",
+     "Return the message given.", [_arg("message")]),
+    ("hello", cmd_hello, -1, ("fast", "no-auth"), "connection",
+     "Choose the protocol version and return the server's properties.",
+     [_arg("protover", "integer", optional=True)]),
+    ("auth", cmd_auth, -2, ("fast", "no-auth"), "connection",
+     "Always fails: tlsm has no authentication.", [_arg("password")]),
+    ("quit", cmd_quit, -1, ("fast",), "connection",
+     "Close the connection after the reply.", []),
+    ("select", cmd_select, 2, ("fast",), "connection",
+     "Accept database 0, the only one.", [_arg("index", "integer")]),
+    ("client", cmd_client, -2, (), "connection",
+     "Client name, id and library information.",
+     [_arg("subcommand"), _arg("argument", optional=True, multiple=True)]),
+    ("command", cmd_command, -1, (), "server",
+     "Describe the server's commands.",
+     [_arg("subcommand", optional=True), _arg("name", optional=True, multiple=True)]),
+    ("config", cmd_config, -2, (), "server",
+     "Read a few configuration values (GET only).",
+     [_arg("get", "pure-token", token="GET"), _arg("pattern", multiple=True)]),
+    ("info", cmd_info, -1, (), "server",
+     "Return server, client, statistics and engine information.",
+     [_arg("section", optional=True, multiple=True)]),
+]  # fmt: skip
+
+COMMANDS = {
+    name.encode(): CommandSpec(name, handler, arity, flags, group, summary, arguments)
+    for name, handler, arity, flags, group, summary, arguments in _TABLE
+}
