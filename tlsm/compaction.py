@@ -237,6 +237,7 @@ class MaintenanceMixin:
                 self._install_version()
         for number in done:
             self._fs.remove(os.path.join(self.path, table_file_name(number)))
+            self._cache.evict_file(number)
         read_bytes = sum(i.size for i in inputs)
         self._stats["compactions"] += 1
         self._stats["compaction_bytes_read"] += read_bytes

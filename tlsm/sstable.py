@@ -35,6 +35,7 @@ import bisect
 import logging
 import struct
 import threading
+import weakref
 import zlib
 from collections import OrderedDict
 
@@ -234,6 +235,20 @@ class BlockCache:
                 self.used_bytes -= self._items.pop(key)[1]
 
 
+class _FileHandle:
+    """The open file of an SSTable, closed by the table's finalizer or close()."""
+
+    __slots__ = ("file",)
+
+    def __init__(self):
+        self.file = None
+
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 class SSTable:
     """A reader of one table file.
 
@@ -251,6 +266,11 @@ class SSTable:
         self._lock = threading.Lock()
         self._loaded = False
         self._opened = False
+        # A table dropped by compaction is closed when the last reader lets
+        # go of it (its file is already unlinked by then). The finalizer
+        # must not reference the table itself, or the table never dies.
+        self._handle = _FileHandle()
+        weakref.finalize(self, self._handle.close)
         self.entry_count = 0
         self.max_expires_at = NEVER_EXPIRES
         self.tombstones = []
@@ -291,7 +311,7 @@ class SSTable:
         with self._lock:
             if self._opened:
                 return
-            self._file = self.fs.open_read(self.path)
+            self._file = self._handle.file = self.fs.open_read(self.path)
             self._read_footer()
             self._opened = True
 
@@ -477,9 +497,8 @@ class SSTable:
 
     def close(self):
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            self._handle.close()
+            self._file = None
             self._loaded = False
             self._opened = False
         self._cache.evict_file(self.file_number)
