@@ -172,3 +172,60 @@ def test_kill_9_during_sends_loses_no_acknowledged_message(tlsm_server):
         next_seq = client.execute_command("IM.SEND", room, users[0], b"after restart")
         assert next_seq == max(stored) + 1
         assert next_seq > max(acked)
+
+
+def test_sync_always_groups_fsyncs(tmp_path):
+    import threading
+
+    from conftest import ServerProcess
+
+    server = ServerProcess(
+        tmp_path / "data", tmp_path / "server.log", ["--sync", "always"]
+    )
+    server.start()
+    try:
+        acked = []
+
+        def writer(index):
+            client = server.client()
+            pipe = client.pipeline(transaction=False)
+            for i in range(50):
+                pipe.execute_command("TL.APPEND", f"g{index}", b"%d" % i)
+            acked.append(pipe.execute())
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(map(list, acked)) == [list(range(1, 51))] * 20
+        stats = server.client().info("stats")
+        # 1,000 acknowledged writes; a group fsync covers a whole pipeline or more.
+        assert 0 < stats["group_commits"] <= 200
+        assert server.kill() == -signal.SIGKILL
+        server.restart()
+        client = server.client()
+        for index in range(20):
+            assert client.execute_command("TL.LAST", f"g{index}") == 50
+    finally:
+        server.stop()
+
+
+def test_restart_with_sync_periodic(tmp_path):
+    from conftest import ServerProcess
+
+    server = ServerProcess(
+        tmp_path / "data",
+        tmp_path / "server.log",
+        ["--sync", "periodic", "--sync-interval-ms", "20"],
+    )
+    server.start()
+    try:
+        client = server.client()
+        assert client.execute_command("TL.APPEND", "p", b"kept") == 1
+        assert "sync=periodic" in server.log_text()
+        assert server.kill() == -signal.SIGKILL
+        server.restart()
+        assert server.client().execute_command("TL.GET", "p", 1) == b"kept"
+    finally:
+        server.stop()

@@ -56,8 +56,13 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
           in the last sync_interval_ms plus the duration of one fsync.
         "always": the log is fdatasync'ed before append() returns. Neither a
           process crash nor a power loss loses an acknowledged write.
-        append(..., sync=False) followed by db.sync() gives "always"
-        durability to a group of writes for the cost of one fsync.
+        "group": for servers that batch acknowledgements. Writes are not
+          fsynced one by one; the caller calls db.sync() once for a group
+          and acknowledges the group only after it returns, which gives
+          the group "always" durability for one fsync. Log switches and
+          close() still sync, so sync() covers every earlier write.
+        append(..., sync=False) followed by db.sync() does the same for
+        single writes in the other modes.
       sync_interval_ms: period of the "periodic" mode's fsync (100).
       memtable_bytes: memtable size that triggers a flush (32 MiB).
       block_bytes: target size of a table data block before compression (4 KiB).

@@ -32,7 +32,6 @@ import os
 import re
 import threading
 import time
-import weakref
 
 from . import keys
 from . import tombstones as tomb
@@ -48,7 +47,7 @@ from .wal import LogWriter, encode_batch, read_log
 
 log = logging.getLogger(__name__)
 
-SYNC_MODES = ("none", "periodic", "always")
+SYNC_MODES = ("none", "periodic", "always", "group")
 
 DEFAULT_OPTIONS = {
     "sync": "none",
@@ -287,9 +286,6 @@ class DB(ReadMixin, MaintenanceMixin):
     def _make_table(self, info):
         path = os.path.join(self.path, table_file_name(info.number))
         table = SSTable(self._fs, path, info.number, info.size, self._cache)
-        # A table dropped by compaction is closed only when the last reader
-        # lets go of it; its file is already unlinked by then.
-        weakref.finalize(table, SSTable.close, table)
         return table
 
     def _install_version(self):

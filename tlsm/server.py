@@ -71,11 +71,13 @@ class ServerConfig:
         max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES,
         max_input_bytes=DEFAULT_MAX_INPUT_BYTES,
         max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES,
+        sync_interval_ms=100,
     ):
         self.host = host
         self.port = port
         self.data_dir = data_dir
         self.sync = sync
+        self.sync_interval_ms = sync_interval_ms
         self.max_payload_bytes = max_payload_bytes
         self.max_input_bytes = max_input_bytes
         self.max_output_bytes = max_output_bytes
@@ -121,6 +123,11 @@ class Server:
         self._ready = set()  # waits whose timelines were written
         self._retry_scheduled = False
         self._stopped = None
+        # Group commit: with sync "always", replies wait here until one
+        # fsync covers every write made since the last one.
+        self.group_commit = config.sync == "always"
+        self._held_replies = []
+        self.group_commits = 0
 
     async def start(self):
         """Listen on config.host:config.port; port 0 picks a free port."""
@@ -130,6 +137,29 @@ class Server:
             lambda: Connection(self), self.config.host, self.config.port
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+
+    def hold_reply(self, conn, data):
+        """Queue a reply until the next group fsync; schedule that fsync."""
+        if not self._held_replies:
+            self._loop.call_soon(self._commit_group)
+        self._held_replies.append((conn, data))
+
+    def _commit_group(self):
+        """Fsync the log once, then send every held reply in arrival order."""
+        held, self._held_replies = self._held_replies, []
+        self.group_commits += 1
+        try:
+            self.db.sync()
+        except Exception as exc:  # noqa: BLE001 - clients must learn of it
+            log.error("group fsync failed, closing %d connections: %s", len(held), exc)
+            for conn, _ in held:
+                conn.abort_unsynced()
+            return
+        for conn, data in held:
+            if data is None:
+                conn.transport.close()
+            else:
+                conn.send(data)
 
     def new_client_id(self):
         client_id = self._next_client_id
@@ -235,6 +265,7 @@ class Server:
             "stats": {
                 "total_connections_received": self.total_connections,
                 "total_commands_processed": self.total_commands,
+                "group_commits": self.group_commits,
             },
             "persistence": {
                 "data_dir": os.path.abspath(config.data_dir),
@@ -484,8 +515,24 @@ class Connection(asyncio.Protocol):
     # -- output and closing --------------------------------------------
 
     def _write(self, out):
+        data = out[0] if len(out) == 1 else b"".join(out)
+        if self.server.group_commit:
+            self.server.hold_reply(self, data)
+        else:
+            self.send(data)
+
+    def abort_unsynced(self):
+        """Drop the connection: its held replies cover writes that may not be durable."""
+        if not self._closing:
+            self._closing = True
+            self.transport.abort()
+
+    def send(self, data):
+        """Write reply bytes to the transport, enforcing the output limit."""
         transport = self.transport
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if transport.is_closing():
+            return
+        transport.write(data)
         if self._write_paused:
             buffered = transport.get_write_buffer_size()
             if buffered > self._max_output:
@@ -502,7 +549,11 @@ class Connection(asyncio.Protocol):
 
     def _close(self):
         self._closing = True
-        self.transport.close()
+        if self.server.group_commit:
+            # Close only after the held replies before it are sent.
+            self.server.hold_reply(self, None)
+        else:
+            self.transport.close()
 
     def _fail_protocol(self, out, exc):
         message = str(exc)
@@ -574,9 +625,12 @@ def run(config):
 
     try:
         os.makedirs(config.data_dir, exist_ok=True)
+        # With "always", the server itself fsyncs once per event-loop pass
+        # (group commit), so the engine runs in its "group" mode.
         db = tlsm.open(
             config.data_dir,
-            sync=config.sync,
+            sync="group" if config.sync == "always" else config.sync,
+            sync_interval_ms=config.sync_interval_ms,
             max_payload_bytes=config.max_payload_bytes,
         )
     except (OSError, tlsm.TlsmError) as exc:
