@@ -4,7 +4,7 @@ Layout, all integers little-endian; these constants are on disk and must
 never change:
 
     file     := data_block* | index_block | summary_block | tombstone_block
-                | footer
+                | bloom_block | footer
     block    := body | compression: u8 | crc: u32
                 (compression 0 = none, 1 = LZ4 block with stored size;
                  crc is zlib's CRC-32 of body followed by the compression byte)
@@ -17,11 +17,12 @@ never change:
                        timeline_id) per deleted range [start, end)
     footer   := index_offset: u64 | index_size: u32 | summary_offset: u64 |
                 summary_size: u32 | tombstone_offset: u64 |
-                tombstone_size: u32 | entry_count: u64 |
-                max_expires_at: u64 | format_version: u32 |
-                crc: u32 | magic: u64            (68 bytes)
+                tombstone_size: u32 | bloom_offset: u64 | bloom_size: u32 |
+                entry_count: u64 | max_expires_at: u64 |
+                format_version: u32 | crc: u32 | magic: u64    (80 bytes)
+    bloom body := see tlsm.bloom; its keys are the summary's timelines
 
-The footer crc covers the 56 bytes before it. max_expires_at is the latest
+The footer crc covers the 68 bytes before it. max_expires_at is the latest
 expiry time of any entry in the file, or 2**64-1 when some entry never
 expires, so a file whose entries have all expired is known from its footer. An index entry names the
 last key of its block, so the block holding the first key >= K is the
@@ -42,6 +43,7 @@ from collections import OrderedDict
 import lz4.block
 
 from . import block as block_codec
+from . import bloom
 from .errors import CorruptionError
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,8 @@ _TRAILER = struct.Struct("<BI")
 _INDEX_ENTRY = struct.Struct("<HQQI")
 _SUMMARY_ENTRY = struct.Struct("<HQQQ")
 _TOMBSTONE = struct.Struct("<HQQ")
-_FOOTER = struct.Struct("<QIQIQIQQIIQ")
-_FOOTER_HEAD = struct.Struct("<QIQIQIQQI")
+_FOOTER = struct.Struct("<QIQIQIQIQQIIQ")
+_FOOTER_HEAD = struct.Struct("<QIQIQIQIQQI")
 NEVER_EXPIRES = (1 << 64) - 1
 FOOTER_SIZE = _FOOTER.size
 _WRITE_CHUNK = 1 << 20
@@ -172,6 +174,9 @@ class TableWriter:
         tombstone_offset = self._offset
         tombstone_block = _frame(b"".join(tombstone_parts), COMPRESSION_NONE)
         self._append(tombstone_block)
+        bloom_offset = self._offset
+        bloom_block = _frame(bloom.build(self._summary), COMPRESSION_NONE)
+        self._append(bloom_block)
         head = _FOOTER_HEAD.pack(
             index_offset,
             len(index_block),
@@ -179,6 +184,8 @@ class TableWriter:
             len(summary_block),
             tombstone_offset,
             len(tombstone_block),
+            bloom_offset,
+            len(bloom_block),
             self.entry_count,
             self.max_expires_at,
             FORMAT_VERSION,
@@ -275,6 +282,7 @@ class SSTable:
         self.max_expires_at = NEVER_EXPIRES
         self.tombstones = []
         self._footer = None
+        self._bloom = None
         self.index_keys = []
         self._block_offsets = []
         self._block_sizes = []
@@ -342,6 +350,8 @@ class SSTable:
             summary_size,
             tombstone_offset,
             tombstone_size,
+            bloom_offset,
+            bloom_size,
             count,
             max_expires_at,
             version,
@@ -359,6 +369,10 @@ class SSTable:
         self._footer = (index_offset, index_size, summary_offset, summary_size)
         body = self._read_framed(tombstone_offset, tombstone_size)
         self.tombstones = self._parse_tombstones(body, tombstone_offset)
+        try:
+            self._bloom = bloom.BloomFilter(self._read_framed(bloom_offset, bloom_size))
+        except ValueError as exc:
+            raise self._corrupt(str(exc), bloom_offset) from None
 
     def _parse_tombstones(self, body, offset):
         pos, end = 0, len(body)
@@ -420,13 +434,29 @@ class SSTable:
             self._cache.put(key, entries, len(body))
         return entries
 
-    def max_seq(self, timeline_id):
+    def _excludes(self, timeline_id):
+        """Return True when the bloom filter rules timeline_id out.
+
+        Only a table whose summary is not loaded asks the filter; a loaded
+        summary answers exactly and faster. Loads the summary otherwise.
+        """
+        if self._loaded:
+            return False
+        self.open()
+        if not self._bloom.may_contain(timeline_id):
+            return True
         self.load()
+        return False
+
+    def max_seq(self, timeline_id):
+        if self._excludes(timeline_id):
+            return 0
         span = self.summary.get(timeline_id)
         return span[1] if span else 0
 
     def get(self, timeline_id, seq):
-        self.load()
+        if self._excludes(timeline_id):
+            return None
         span = self.summary.get(timeline_id)
         if span is None or not span[0] <= seq <= span[1] or not span[2]:
             return None
@@ -446,7 +476,8 @@ class SSTable:
 
     def may_contain(self, timeline_id, start, end):
         """Return False when no entry of timeline_id with start <= seq < end is in this file."""
-        self.load()
+        if self._excludes(timeline_id):
+            return False
         span = self.summary.get(timeline_id)
         return span is not None and span[2] > 0 and span[0] < end and span[1] >= start
 

@@ -1,0 +1,77 @@
+"""Table files: footer checks, the bloom filter and lazy loading."""
+
+import os
+
+import pytest
+
+import tlsm
+from tlsm.bloom import BloomFilter, build
+from tlsm.errors import CorruptionError
+from tlsm.fs import OsFileSystem
+from tlsm.sstable import FOOTER_SIZE, BlockCache, SSTable, TableWriter
+
+
+def _write_table(path, timelines, per_timeline=50):
+    writer = TableWriter(OsFileSystem(), str(path), block_bytes=512)
+    for timeline in sorted(timelines):
+        for seq in range(1, per_timeline + 1):
+            writer.add((timeline, seq, 1, 0, b"v%d" % seq))
+    return writer.finish()
+
+
+def _open_table(path):
+    return SSTable(
+        OsFileSystem(), str(path), 1, os.path.getsize(path), BlockCache(1 << 20)
+    )
+
+
+def test_bloom_has_no_false_negatives():
+    keys = [b"\x00user%d" % i for i in range(2000)]
+    bloom = BloomFilter(build(keys))
+    assert all(bloom.may_contain(key) for key in keys)
+    false_positives = sum(bloom.may_contain(b"\x00other%d" % i) for i in range(5000))
+    assert false_positives < 5000 * 0.03
+
+
+def test_absent_timeline_skips_loading(tmp_path):
+    path = tmp_path / "000001.sst"
+    _write_table(path, [b"\x00a", b"\x00b", b"\x00c"])
+    table = _open_table(path)
+    table.open()
+    assert table.max_seq(b"\x00zz-absent") == 0
+    assert table.get(b"\x00zz-absent", 1) is None
+    assert not table.may_contain(b"\x00zz-absent", 0, 100)
+    assert not table._loaded
+    assert table.max_seq(b"\x00b") == 50
+    assert table._loaded
+    assert table.get(b"\x00b", 7) == (b"\x00b", 7, 1, 0, b"v7")
+
+
+def test_reopen_loads_only_footers(tmp_path):
+    with tlsm.open(tmp_path, memtable_bytes=8192) as db:
+        for i in range(3000):
+            db.append("t%d" % (i % 50), b"x" * 40)
+    with tlsm.open(tmp_path) as db:
+        tables = db._version.tables
+        assert len(tables) >= 2
+        assert not any(table._loaded for table in tables)
+        assert db.get("t3", 10) == b"x" * 40
+
+
+@pytest.mark.parametrize("offset_from_end", [1, 8, 40, FOOTER_SIZE - 1])
+def test_damaged_footer_is_reported(tmp_path, offset_from_end):
+    path = tmp_path / "000001.sst"
+    size = _write_table(path, [b"\x00a"])
+    data = bytearray(path.read_bytes())
+    data[size - offset_from_end] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="000001.sst"):
+        _open_table(path).open()
+
+
+def test_truncated_table_is_reported(tmp_path):
+    path = tmp_path / "000001.sst"
+    _write_table(path, [b"\x00a"])
+    os.truncate(path, 30)
+    with pytest.raises(CorruptionError, match="shorter than the footer"):
+        _open_table(path).open()
