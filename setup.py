@@ -2,21 +2,45 @@
 
 Every extension has a pure-Python twin in tlsm/, so a build without a C
 compiler still yields a working package when TLSM_PURE_PYTHON=1 is set.
+
+tlsm_ext.writer computes log checksums with zlib's crc32 when zlib.h is
+found at build time (Debian: zlib1g-dev) and with its own table otherwise;
+both give the same values.
 """
 
 import glob
+import os
+import sysconfig
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-extensions = [
-    Extension(
-        "tlsm_ext." + path[len("tlsm_ext/") : -len(".pyx")],
-        [path],
-        extra_compile_args=["-O3"],
-    )
-    for path in sorted(glob.glob("tlsm_ext/*.pyx"))
-]
+
+def _zlib_include_dir():
+    """Return the directory that holds zlib.h, or None when it is not found."""
+    candidates = [sysconfig.get_config_var("INCLUDEDIR"), "/usr/include", "/usr/local/include"]
+    for variable in ("CPATH", "C_INCLUDE_PATH"):
+        candidates += os.environ.get(variable, "").split(os.pathsep)
+    for directory in candidates:
+        if directory and os.path.exists(os.path.join(directory, "zlib.h")):
+            return directory
+    return None
+
+
+def _extension(path):
+    name = "tlsm_ext." + path[len("tlsm_ext/") : -len(".pyx")]
+    options = {"extra_compile_args": ["-O3"]}
+    zlib_dir = _zlib_include_dir()
+    if name == "tlsm_ext.writer" and zlib_dir is not None:
+        options.update(
+            include_dirs=[zlib_dir],
+            define_macros=[("TLSM_HAVE_ZLIB", "1")],
+            libraries=["z"],
+        )
+    return Extension(name, [path], **options)
+
+
+extensions = [_extension(path) for path in sorted(glob.glob("tlsm_ext/*.pyx"))]
 
 setup(
     ext_modules=cythonize(

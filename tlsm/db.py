@@ -4,7 +4,14 @@ Write path: a writer validates its operations, takes the write lock,
 assigns each timeline its next seqs, appends one log record for the whole
 batch (and fsyncs it in sync="always" mode), then applies the batch to the
 active memtable under the short visibility lock, so readers see a batch
-whole or not at all, and see seq N of a timeline before N+1.
+whole or not at all, and see seq N of a timeline before N+1. Single appends
+and small batches of puts first try the fast path (tlsm.writer), which does
+the same in one call when no lock, flush, log growth, fsync or TTL is
+involved; whatever it declines takes the path above.
+
+The log is a preallocated file written through a memory mapping
+(tlsm.fs.MappedLogFile): a record copied into it is in the page cache, so a
+process crash loses no acknowledged write.
 
 When the active memtable reaches memtable_bytes it becomes immutable, a new
 log starts, and the background thread writes it to a level-0 table, records
@@ -44,6 +51,7 @@ from .reads import ReadMixin
 from .sstable import BlockCache, SSTable
 from .table import OP_APPEND, Table, WriteBatch, check_ttl
 from .wal import LogWriter, encode_batch, read_log
+from .writer import FastWriter
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,10 @@ DEFAULT_OPTIONS = {
     "clock": None,
     "fs": None,
 }
+
+# The largest first allocation of a log file. A log holds about one
+# memtable of records, so it is preallocated at memtable_bytes up to this.
+_MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 
 _FILE_NAME = re.compile(r"^(\d{6,})\.(log|sst)$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -164,8 +176,18 @@ class DB(ReadMixin, MaintenanceMixin):
         )
         self._stats["stall_seconds"] = 0.0
         self._lock_token = None
+        self._fast = FastWriter(
+            self._write_lock,
+            self._visible_lock,
+            self._last_seqs,
+            self._options["memtable_bytes"],
+            self._max_payload,
+            self._options["max_batch_bytes"],
+            self._sync,
+        )
         self._open()
         self._closed = False
+        self._fast.attach(self._active, self._log.file)
         self._thread = threading.Thread(
             target=self._background_loop, name=f"tlsm-bg {self.path}", daemon=True
         )
@@ -181,6 +203,18 @@ class DB(ReadMixin, MaintenanceMixin):
 
     def _now_ms(self):
         return self._clock() * 1000
+
+    # Background work and the periodic syncer assign this on failure; the
+    # setter also turns off the fast path, which does not check it.
+    @property
+    def _background_error(self):
+        return self._background_failure
+
+    @_background_error.setter
+    def _background_error(self, exc):
+        self._background_failure = exc
+        if exc is not None:
+            self._fast.disable()
 
     # -- open and recovery ---------------------------------------------
 
@@ -237,9 +271,7 @@ class DB(ReadMixin, MaintenanceMixin):
             self._tables[info.number].open()
 
         log_number = manifest.allocate_file_number()
-        self._log = LogWriter(
-            fs.create(os.path.join(self.path, log_file_name(log_number)))
-        )
+        self._log = self._create_log(log_number)
         fs.sync_dir(self.path)
         manifest.log_number = log_number
         manifest.save(fs, self.path)
@@ -282,6 +314,11 @@ class DB(ReadMixin, MaintenanceMixin):
                         recovered.add(key, seq, kind, expires_at, value)
         self._stats["recovered_entries"] = len(recovered)
         return recovered
+
+    def _create_log(self, number):
+        chunk_bytes = min(self._options["memtable_bytes"], _MAX_LOG_CHUNK_BYTES)
+        path = os.path.join(self.path, log_file_name(number))
+        return LogWriter(self._fs.create_log(path, chunk_bytes))
 
     def _make_table(self, info):
         path = os.path.join(self.path, table_file_name(info.number))
@@ -372,7 +409,10 @@ class DB(ReadMixin, MaintenanceMixin):
         or payload, StorageIOError when the log write fails (nothing is then
         written), ClosedError after close().
         """
-        return self._default.append(timeline_id, payload, ttl=ttl, sync=sync)
+        seq = self._fast.append(self._default, timeline_id, payload, ttl, sync)
+        if seq:
+            return seq
+        return self._default._append_general(timeline_id, payload, ttl, sync)
 
     def append_batch(self, entries, *, ttl=None, sync=None):
         """Append several (timeline_id, payload) pairs atomically; return their seqs.
@@ -382,7 +422,10 @@ class DB(ReadMixin, MaintenanceMixin):
         entry is validated before anything is written. sync and ttl are as
         for append(); use batch() or write() for batches across tables.
         """
-        return self._default.append_batch(entries, ttl=ttl, sync=sync)
+        seqs = self._fast.append_batch(self._default, entries, ttl, sync)
+        if seqs is not None:
+            return seqs
+        return self._default._append_batch_general(entries, ttl, sync)
 
     def delete(self, timeline_id, seq, *, sync=None):
         """Delete one entry; its seq is never assigned again."""
@@ -425,10 +468,18 @@ class DB(ReadMixin, MaintenanceMixin):
             return []
         with self._write_lock:
             self._check_writable()
-            self._make_room()
-            results, records, assigned = self._assign_seqs(ops)
-            if not records:
-                return results
+            # The log may grow (a new mapping) or rotate below, which needs
+            # the fast path to let go of the current mapping first.
+            self._fast.detach()
+            try:
+                return self._write_locked(ops, sync)
+            finally:
+                self._attach_fast_path()
+
+    def _write_locked(self, ops, sync):
+        self._make_room()
+        results, records, assigned = self._assign_seqs(ops)
+        if records:
             record = encode_batch(records)
             self._log.add_record(record, self._sync if sync is None else sync)
             active = self._active
@@ -446,6 +497,21 @@ class DB(ReadMixin, MaintenanceMixin):
                 len(entry[4]) + len(entry[0]) for entry in records
             )
         return results
+
+    def _attach_fast_path(self):
+        """Point the fast path at the active memtable and log, if writes may go on.
+
+        Called with the write lock held.
+        """
+        if (
+            self._closed
+            or self._closing
+            or self._log.broken is not None
+            or self._background_error is not None
+        ):
+            self._fast.detach()
+        else:
+            self._fast.attach(self._active, self._log.file)
 
     def _assign_seqs(self, ops):
         """Turn operations into log entries, assigning seqs and clamping deletes."""
@@ -506,12 +572,11 @@ class DB(ReadMixin, MaintenanceMixin):
     def _rotate(self):
         """Turn the active memtable into the immutable one and start a new log."""
         number = self._manifest.allocate_file_number()
-        new_log = LogWriter(
-            self._fs.create(os.path.join(self.path, log_file_name(number)))
-        )
+        new_log = self._create_log(number)
         if self._options["sync"] != "none":
             self._fs.sync_dir(self.path)
         old_log = self._log
+        self._fast.detach()
         with self._work:
             with self._visible_lock:
                 self._immutable = self._active
@@ -519,6 +584,7 @@ class DB(ReadMixin, MaintenanceMixin):
                 self._log = new_log
                 self._install_version()
             self._work.notify_all()
+        self._attach_fast_path()
         # Syncing the old log here keeps sync() and the periodic mode's
         # promise for records written just before the switch.
         old_log.close(sync=self._options["sync"] != "none")
@@ -574,6 +640,8 @@ class DB(ReadMixin, MaintenanceMixin):
             memtable_bytes = self._active.approximate_bytes
             memtable_entries = len(self._active)
         stats = dict(self._stats)
+        stats["wal_bytes"] += self._fast.wal_bytes
+        stats["user_bytes"] += self._fast.user_bytes
         user = stats["user_bytes"]
         written = (
             stats["wal_bytes"]
@@ -613,6 +681,7 @@ class DB(ReadMixin, MaintenanceMixin):
         with self._write_lock:
             with self._work:
                 self._closing = True
+                self._fast.disable()
                 self._work.notify_all()
             self._thread.join()
             self._stop_syncer.set()

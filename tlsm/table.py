@@ -36,6 +36,9 @@ class Table:
     ``snapshot`` argument reads as of that snapshot instead of now.
     """
 
+    # ttl and _prefix are plain attributes because tlsm.writer reads them
+    # from C; they must not become properties.
+
     def __init__(self, db, name, table_id, ttl):
         self._db = db
         self.name = name
@@ -69,12 +72,25 @@ class Table:
         ttl (seconds) overrides the table's default TTL for this entry. The
         entry expires ttl seconds after this call, whatever compaction does.
         """
-        return self._db._write([self.prepare_append(timeline_id, payload, ttl)], sync)[
-            0
-        ]
+        seq = self._db._fast.append(self, timeline_id, payload, ttl, sync)
+        if seq:
+            return seq
+        return self._append_general(timeline_id, payload, ttl, sync)
 
     def append_batch(self, entries, *, ttl=None, sync=None):
         """Append (timeline_id, payload) pairs atomically and return their seqs."""
+        seqs = self._db._fast.append_batch(self, entries, ttl, sync)
+        if seqs is not None:
+            return seqs
+        return self._append_batch_general(entries, ttl, sync)
+
+    # The general write path, for what tlsm.writer's fast path declines.
+
+    def _append_general(self, timeline_id, payload, ttl, sync):
+        op = self.prepare_append(timeline_id, payload, ttl)
+        return self._db._write([op], sync)[0]
+
+    def _append_batch_general(self, entries, ttl, sync):
         ops = [
             self.prepare_append(timeline_id, payload, ttl)
             for timeline_id, payload in entries

@@ -11,10 +11,16 @@ constants are on disk and must never change:
 ``crc`` is zlib's CRC-32 of the 4 length bytes followed by the payload. A
 batch is one record, so recovery applies all of its entries or none.
 
+A log is preallocated in multiples of LOG_ALIGN_BYTES (tlsm.fs) and filled
+from the start, so while it is open its file ends in zero bytes; closing
+it truncates the file after its last record.
+
 Recovery reads records until the first one that is incomplete or fails its
 checksum, keeps everything before it and reports what it dropped. Only the
-tail can be torn when the process or machine dies mid-write, and a tail of
-zero bytes (preallocated or never written) is recognised and dropped too.
+tail can be torn when the process or machine dies mid-write. A tail of zero
+bytes that ends at a multiple of LOG_ALIGN_BYTES is the unused part of a
+preallocated log: it is skipped and logged at INFO. Any other zero tail
+(never written, or zeroed by a crash) is dropped and logged as damage.
 """
 
 import logging
@@ -23,6 +29,7 @@ import threading
 import zlib
 
 from .errors import CorruptionError
+from .fs import LOG_ALIGN_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +97,9 @@ def decode_batch(payload, path, offset):
 
 
 class LogWriter:
-    """Appends records to one log file.
+    """Appends records to one log file (a tlsm.fs.MappedLogFile).
 
-    A failed append is undone by truncating the file back to where the
+    A failed append is undone by truncating the log back to where the
     record started, so a later record never follows a torn one. If even the
     truncation fails, ``broken`` is set and the caller must stop writing.
     ``sync`` may run in another thread than ``add_record``; after ``close``
@@ -117,7 +124,7 @@ class LogWriter:
     def add_record(self, record, sync):
         start = self.file.size
         try:
-            self.file.write(record)
+            self.file.append(record)
             if sync:
                 self.sync()
         except Exception as exc:
@@ -167,7 +174,9 @@ def read_log(fs, path):
 
     Never raises for a damaged tail: it stops at the first incomplete or
     corrupt record, logs a WARNING naming the file, offset and bytes
-    dropped, and returns the batches before it.
+    dropped, and returns the batches before it. The zero tail of a
+    preallocated log is not damage: it is logged at INFO and not counted
+    in dropped_bytes.
     """
     data = fs.read_all(path)
     batches = []
@@ -179,7 +188,7 @@ def read_log(fs, path):
             reason = "truncated record header"
             break
         crc, length = _HEADER.unpack_from(data, pos)
-        if crc == 0 and length == 0 and not any(data[pos:]):
+        if crc == 0 and length == 0 and data.count(0, pos) == size - pos:
             reason = "zero-filled tail"
             break
         end = pos + HEADER_SIZE + length
@@ -198,7 +207,15 @@ def read_log(fs, path):
             break
         pos = end
     dropped = size - pos
-    if dropped:
+    if dropped and reason == "zero-filled tail" and size % LOG_ALIGN_BYTES == 0:
+        log.info(
+            "log %s: %d records, then %d preallocated bytes that were never written",
+            path,
+            len(batches),
+            dropped,
+        )
+        dropped = 0
+    elif dropped:
         log.warning(
             "log %s: dropped %d bytes at offset %d (%s); the %d records before it are kept",
             path,
