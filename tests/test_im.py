@@ -1,5 +1,5 @@
-"""IM layer: IM.* commands on a real server, the entry layouts in the engine,
-membership rebuilt after a restart, and store-seq checking."""
+"""IM layer: membership, idempotent sends, history, read markers and the
+entry layouts, on a real server and on the engine directly."""
 
 import struct
 import uuid
@@ -8,11 +8,22 @@ import pytest
 import redis
 
 import tlsm
-from tlsm import im
+from tlsm import im, im_format
 
 
 def name(prefix):
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def as_map(value):
+    """Return a RESP2 flat field/value array (or a RESP3 map) as a dict."""
+    if isinstance(value, dict):
+        return value
+    return dict(zip(value[::2], value[1::2]))
+
+
+def sync(client, user, cursor="-", *options):
+    return as_map(client.execute_command("IM.SYNC", user, cursor, *options))
 
 
 @pytest.fixture
@@ -22,7 +33,7 @@ def room(client):
     return conversation
 
 
-# -- commands --------------------------------------------------------------------
+# -- membership --------------------------------------------------------------------
 
 
 def test_join_counts_only_new_users(client):
@@ -33,86 +44,143 @@ def test_join_counts_only_new_users(client):
     assert client.execute_command("IM.MEMBERS", conversation) == [b"a", b"b", b"c"]
 
 
+def test_leave_counts_only_members(client):
+    conversation = name("room")
+    client.execute_command("IM.JOIN", conversation, "a", "b", "c")
+    assert client.execute_command("IM.LEAVE", conversation, "b", "zed", "b") == 1
+    assert client.execute_command("IM.MEMBERS", conversation) == [b"a", b"c"]
+    assert client.execute_command("IM.LEAVE", conversation, "b") == 0
+
+
 def test_members_of_unknown_conversation_is_empty(client):
     assert client.execute_command("IM.MEMBERS", name("none")) == []
 
 
+def test_member_sees_only_messages_sent_while_member(client):
+    conversation, early, late = name("room"), name("early"), name("late")
+    client.execute_command("IM.JOIN", conversation, early)
+    client.execute_command("IM.SEND", conversation, early, "m1", b"before join")
+    client.execute_command("IM.JOIN", conversation, late)
+    client.execute_command("IM.SEND", conversation, early, "m2", b"while member")
+    client.execute_command("IM.LEAVE", conversation, late)
+    client.execute_command("IM.SEND", conversation, early, "m3", b"after leave")
+    client.execute_command("IM.JOIN", conversation, late)
+    client.execute_command("IM.SEND", conversation, early, "m4", b"after rejoin")
+    payloads = [m[3] for m in sync(client, late)[b"messages"]]
+    assert payloads == [b"while member", b"after rejoin"]
+
+
+def test_send_by_former_member_rejected(client):
+    conversation, user = name("room"), name("user")
+    client.execute_command("IM.JOIN", conversation, user)
+    client.execute_command("IM.LEAVE", conversation, user)
+    with pytest.raises(redis.ResponseError, match="^NOTMEMBER"):
+        client.execute_command("IM.SEND", conversation, user, "id", b"x")
+
+
+# -- sending -----------------------------------------------------------------------
+
+
 def test_send_returns_store_seqs(client, room):
+    assert client.execute_command("IM.SEND", room, "alice", "a1", b"one") == 1
+    assert client.execute_command("IM.SEND", room, "bob", "b1", b"two") == 2
+
+
+def test_legacy_send_without_client_msg_id(client, room):
     assert client.execute_command("IM.SEND", room, "alice", b"one") == 1
-    assert client.execute_command("IM.SEND", room, "bob", b"two") == 2
+    assert client.execute_command("IM.SEND", room, "alice", b"one") == 2
 
 
 def test_send_by_non_member_rejected(client, room):
     with pytest.raises(redis.ResponseError) as info:
-        client.execute_command("IM.SEND", room, "mallory", b"x")
+        client.execute_command("IM.SEND", room, "mallory", "m1", b"x")
     assert str(info.value).startswith("NOTMEMBER user 'mallory' is not a member")
-    assert client.execute_command("TL.LAST", f"im:store:{room}") == 0
+    assert client.execute_command("IM.HISTORY", room) == []
     assert client.ping()
 
 
-def test_send_fans_out_to_every_member_including_sender(client, room):
-    client.execute_command("IM.SEND", room, "alice", b"hello")
-    for user in ("alice", "bob", "carol"):
-        messages = client.execute_command("IM.SYNC", user, 0)
-        assert [m[1:] for m in messages if m[1] == room.encode()] == [
-            [room.encode(), 1, b"alice", b"hello"]
-        ]
-
-
-def test_sync_pages_with_count_and_after(client):
-    user = name("dana")
-    rooms = [name("room"), name("room")]
-    for conversation in rooms:
-        client.execute_command("IM.JOIN", conversation, user)
-    for index in range(5):
-        client.execute_command("IM.SEND", rooms[index % 2], user, b"m%d" % index)
-    page = client.execute_command("IM.SYNC", user, 0, "COUNT", 3)
-    assert [m[0] for m in page] == [1, 2, 3]
-    assert [m[4] for m in page] == [b"m0", b"m1", b"m2"]
-    assert [m[1] for m in page] == [
-        rooms[0].encode(),
-        rooms[1].encode(),
-        rooms[0].encode(),
+def test_send_retry_returns_first_seq(client, room):
+    first = client.execute_command("IM.SEND", room, "alice", "retry-1", b"once")
+    client.execute_command("IM.SEND", room, "bob", "other", b"between")
+    again = client.execute_command("IM.SEND", room, "alice", "retry-1", b"once")
+    assert again == first
+    history = client.execute_command("IM.HISTORY", room)
+    assert [entry[2] for entry in history] == [b"between", b"once"]
+    payloads = [
+        m[3] for m in sync(client, "carol")[b"messages"] if m[0] == room.encode()
     ]
-    assert [m[2] for m in page] == [1, 1, 2]
-    rest = client.execute_command("IM.SYNC", user, 3)
-    assert [m[0] for m in rest] == [4, 5]
-    assert client.execute_command("IM.SYNC", user, 5) == []
+    assert payloads.count(b"once") == 1
 
 
-def test_sync_default_count_is_100(client):
-    user = name("eve")
-    conversation = name("room")
-    client.execute_command("IM.JOIN", conversation, user)
-    pipe = client.pipeline(transaction=False)
-    for index in range(150):
-        pipe.execute_command("IM.SEND", conversation, user, b"%d" % index)
-    pipe.execute()
-    assert len(client.execute_command("IM.SYNC", user, 0)) == 100
+def test_client_msg_id_per_sender(client, room):
+    assert client.execute_command("IM.SEND", room, "alice", "shared", b"a") == 1
+    assert client.execute_command("IM.SEND", room, "bob", "shared", b"b") == 2
 
 
-def test_sync_resolves_sparse_references(client):
-    # The user joins late, so the references skip most store seqs and the
-    # server reads them one by one instead of scanning the whole range.
-    conversation = name("room")
-    early, late = name("early"), name("late")
-    client.execute_command("IM.JOIN", conversation, early)
-    for index in range(50):
-        client.execute_command("IM.SEND", conversation, early, b"%d" % index)
-    client.execute_command("IM.JOIN", conversation, late)
-    client.execute_command("IM.SEND", conversation, early, b"late-1")
-    for index in range(30):
-        client.execute_command("IM.SEND", conversation, early, b"x%d" % index)
-    client.execute_command("IM.SEND", conversation, late, b"late-2")
-    messages = client.execute_command("IM.SYNC", late, 0)
-    assert messages[0][2] == 51
-    assert messages[0][4] == b"late-1"
-    assert messages[-1][2:] == [82, late.encode(), b"late-2"]
+def test_reused_client_msg_id_with_other_payload_rejected(client, room):
+    client.execute_command("IM.SEND", room, "alice", "reuse", b"first")
+    with pytest.raises(redis.ResponseError) as info:
+        client.execute_command("IM.SEND", room, "alice", "reuse", b"second")
+    assert str(info.value).startswith("IDCONFLICT client message id 'reuse'")
+    assert "store seq 1" in str(info.value)
+    assert len(client.execute_command("IM.HISTORY", room)) == 1
+
+
+def test_send_retry_after_restart(tlsm_server):
+    client = tlsm_server.client()
+    client.execute_command("IM.JOIN", "r", "x", "y")
+    assert client.execute_command("IM.SEND", "r", "x", "cid-1", b"hello") == 1
+    assert tlsm_server.terminate() == 0
+    tlsm_server.restart()
+    client = tlsm_server.client()
+    assert client.execute_command("IM.SEND", "r", "x", "cid-1", b"hello") == 1
+    assert client.execute_command("IM.HISTORY", "r") == [[1, b"x", b"hello"]]
+    messages = sync(client, "y")[b"messages"]
+    assert messages == [[b"r", 1, b"x", b"hello"]]
+
+
+def test_send_retry_after_window_is_new_message(tmp_path):
+    clock = [1000.0]
+    with tlsm.open(str(tmp_path / "db"), clock=lambda: clock[0]) as db:
+        layer = im.ImLayer(db, tlsm.DEFAULT_MAX_PAYLOAD_BYTES, idempotency_window=60)
+        layer.join(b"r", [b"u"])
+        assert layer.send(b"r", b"u", b"p", b"id")[0] == 1
+        clock[0] += 30
+        assert layer.send(b"r", b"u", b"p", b"id")[0] == 1
+        clock[0] += 31
+        assert layer.send(b"r", b"u", b"p", b"id")[0] == 2
+
+
+def test_membership_survives_restart(tlsm_server):
+    client = tlsm_server.client()
+    client.execute_command("IM.JOIN", "r", "x", "y", "z")
+    client.execute_command("IM.LEAVE", "r", "z")
+    client.execute_command("IM.SEND", "r", "x", "1", b"before")
+    assert tlsm_server.terminate() == 0
+    tlsm_server.restart()
+    client = tlsm_server.client()
+    assert client.execute_command("IM.MEMBERS", "r") == [b"x", b"y"]
+    assert client.execute_command("IM.JOIN", "r", "x", "w") == 1
+    assert client.execute_command("IM.SEND", "r", "y", "2", b"after") == 2
+    assert [m[3] for m in sync(client, "y")[b"messages"]] == [b"before", b"after"]
+    assert [m[3] for m in sync(client, "w")[b"messages"]] == [b"after"]
+
+
+def test_send_payload_limit_counts_store_header(client, room):
+    payload = b"z" * (4 * 1024 * 1024)
+    with pytest.raises(redis.ResponseError) as info:
+        client.execute_command("IM.SEND", room, "alice", "big", payload)
+    assert f"{len(payload)} bytes" in str(info.value)
+    assert str(4 * 1024 * 1024 - 3 - len("alice")) in str(info.value)
+    assert client.ping()
+
+
+# -- history, read markers and unread counts -----------------------------------------------
 
 
 def test_history_newest_first_with_before(client, room):
     for index in range(5):
-        client.execute_command("IM.SEND", room, "bob", b"h%d" % index)
+        client.execute_command("IM.SEND", room, "bob", f"h{index}", b"h%d" % index)
     assert client.execute_command("IM.HISTORY", room, "COUNT", 2) == [
         [5, b"bob", b"h4"], [4, b"bob", b"h3"]
     ]  # fmt: skip
@@ -125,107 +193,136 @@ def test_history_newest_first_with_before(client, room):
 def test_history_default_count_is_20(client, room):
     pipe = client.pipeline(transaction=False)
     for index in range(25):
-        pipe.execute_command("IM.SEND", room, "carol", b"%d" % index)
+        pipe.execute_command("IM.SEND", room, "carol", f"c{index}", b"%d" % index)
     pipe.execute()
     history = client.execute_command("IM.HISTORY", room)
     assert len(history) == 20
     assert history[0][0] == 25
 
 
-def test_im_replies_same_in_resp3(client3):
-    conversation = name("room")
-    client3.execute_command("IM.JOIN", conversation, "u1")
-    client3.execute_command("IM.SEND", conversation, "u1", b"p")
-    assert client3.execute_command("IM.HISTORY", conversation) == [[1, b"u1", b"p"]]
-    assert client3.execute_command("IM.MEMBERS", conversation) == [b"u1"]
+def test_unread_counts_from_read_marker(client):
+    conversation, other = name("room"), name("room")
+    reader, writer = name("reader"), name("writer")
+    client.execute_command("IM.JOIN", conversation, reader, writer)
+    client.execute_command("IM.JOIN", other, reader, writer)
+    for index in range(5):
+        client.execute_command("IM.SEND", conversation, writer, f"a{index}", b"x")
+    client.execute_command("IM.SEND", other, writer, "b0", b"y")
+    assert client.execute_command("IM.UNREAD", reader, conversation) == 5
+    assert client.execute_command("IM.READ", reader, conversation, 3) == 3
+    assert client.execute_command("IM.UNREAD", reader, conversation) == 2
+    # A read marker never goes back.
+    assert client.execute_command("IM.READ", reader, conversation, 1) == 3
+    counts = client.execute_command("IM.UNREAD", reader)
+    assert as_map(counts) == {conversation.encode(): 2, other.encode(): 1}
+
+
+def test_unread_skips_messages_outside_membership(client):
+    conversation, member, late = name("room"), name("member"), name("late")
+    client.execute_command("IM.JOIN", conversation, member)
+    for index in range(4):
+        client.execute_command("IM.SEND", conversation, member, f"e{index}", b"x")
+    client.execute_command("IM.JOIN", conversation, late)
+    client.execute_command("IM.SEND", conversation, member, "in", b"x")
+    client.execute_command("IM.LEAVE", conversation, late)
+    client.execute_command("IM.SEND", conversation, member, "out", b"x")
+    assert client.execute_command("IM.UNREAD", late, conversation) == 1
+
+
+def test_read_markers_survive_restart(tlsm_server):
+    client = tlsm_server.client()
+    client.execute_command("IM.JOIN", "r", "x")
+    for index in range(3):
+        client.execute_command("IM.SEND", "r", "x", f"{index}", b"p")
+    client.execute_command("IM.READ", "x", "r", 2)
+    assert tlsm_server.terminate() == 0
+    tlsm_server.restart()
+    assert tlsm_server.client().execute_command("IM.UNREAD", "x", "r") == 1
+
+
+# -- errors ---------------------------------------------------------------------------
 
 
 def test_im_argument_errors(client, room):
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
         client.execute_command("IM.SEND", room, "alice")
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        client.execute_command("IM.SEND", room, "alice", "id", b"p", b"extra")
     with pytest.raises(redis.ResponseError, match="'soon'"):
         client.execute_command("IM.HISTORY", room, "BEFORE", "soon")
-    with pytest.raises(redis.ResponseError, match="above the limit of 504 bytes"):
+    with pytest.raises(redis.ResponseError, match="above the limit of 255 bytes"):
         client.execute_command("IM.JOIN", room, "u" * 600)
     with pytest.raises(redis.ResponseError, match="must not be empty"):
         client.execute_command("IM.JOIN", "", "u")
+    with pytest.raises(redis.ResponseError, match="client_msg_id is 200 bytes"):
+        client.execute_command("IM.SEND", room, "alice", "i" * 200, b"p")
     assert client.ping()
 
 
-def test_send_payload_limit_counts_sender_header(client, room):
-    payload = b"z" * (4 * 1024 * 1024)
-    with pytest.raises(redis.ResponseError) as info:
-        client.execute_command("IM.SEND", room, "alice", payload)
-    assert f"{len(payload)} bytes" in str(info.value)
-    assert str(4 * 1024 * 1024 - 2 - len("alice")) in str(info.value)
-    assert client.ping()
+def test_im_replies_same_in_resp3(client3):
+    conversation = name("room")
+    client3.execute_command("IM.JOIN", conversation, "u1")
+    client3.execute_command("IM.SEND", conversation, "u1", "1", b"p")
+    assert client3.execute_command("IM.HISTORY", conversation) == [[1, b"u1", b"p"]]
+    assert client3.execute_command("IM.MEMBERS", conversation) == [b"u1"]
 
 
-# -- entry layouts as stored ---------------------------------------------------------
+# -- layouts in the engine --------------------------------------------------------------
 
 
-def test_entries_use_documented_layouts(client, room):
-    client.execute_command("IM.SEND", room, "alice", b"body")
-    store = client.execute_command("TL.GET", f"im:store:{room}", 1)
-    assert store == struct.pack(">H", 5) + b"alice" + b"body"
-    sync = client.execute_command("TL.RANGE", "im:sync:bob", "-", "+")
-    references = [payload for _, payload in sync]
-    assert struct.pack(">BQ", 1, 1) + room.encode() in references
-    members = client.execute_command("TL.RANGE", f"im:members:{room}", "-", "+")
-    assert [payload for _, payload in members] == [
-        b"\x01alice",
-        b"\x01bob",
-        b"\x01carol",
-    ]
+def test_entries_use_documented_layouts(tmp_path):
+    with tlsm.open(str(tmp_path / "db")) as db:
+        layer = im.ImLayer(db, tlsm.DEFAULT_MAX_PAYLOAD_BYTES)
+        layer.join(b"room", [b"alice", b"bob"])
+        layer.send(b"room", b"alice", b"body", b"cid")
+        store = db.table("im.store")
+        assert store.get(b"room", 1) == struct.pack(">BH", 1, 5) + b"alice" + b"body"
+        sync_entries = list(db.table("im.sync").scan(b"bob"))
+        assert sync_entries == [(1, struct.pack(">BQ", 1, 1) + b"room")]
+        events = [payload for _, payload in db.table("im.conv").scan(b"room")]
+        assert events == [
+            struct.pack(">BQ", 1, 0) + b"alice",
+            struct.pack(">BQ", 1, 0) + b"bob",
+        ]
+        user_events = [payload for _, payload in db.table("im.user").scan(b"bob")]
+        assert user_events == [struct.pack(">BQ", 1, 0) + b"room"]
+        idem = list(db.table("im.idem").scan(b"\x05alicecid"))
+        assert idem[0][1][:8] == struct.pack(">Q", 1)
+        assert idem[0][1][12:] == b"room"
+        assert db.table("im.idem").ttl == im.DEFAULT_IDEMPOTENCY_WINDOW_SECONDS
+        assert db.table("im.sync").ttl == im.DEFAULT_SYNC_TTL_SECONDS
+        assert db.table("im.store").ttl is None
 
 
-# -- restart and the IM layer on the engine directly ---------------------------------------
-
-
-def test_membership_survives_restart(tlsm_server):
-    client = tlsm_server.client()
-    client.execute_command("IM.JOIN", "r", "x", "y")
-    client.execute_command("IM.SEND", "r", "x", b"before")
-    assert tlsm_server.terminate() == 0
-    tlsm_server.restart()
-    client = tlsm_server.client()
-    assert client.execute_command("IM.MEMBERS", "r") == [b"x", b"y"]
-    assert client.execute_command("IM.JOIN", "r", "x", "z") == 1
-    assert client.execute_command("IM.SEND", "r", "y", b"after") == 2
-    assert [m[4] for m in client.execute_command("IM.SYNC", "y", 0)] == [
-        b"before",
-        b"after",
-    ]
-
-
-def test_store_seq_mismatch_raises(tmp_path):
+def test_store_seq_mismatch_raises(tmp_path, monkeypatch):
     with tlsm.open(str(tmp_path / "db")) as db:
         layer = im.ImLayer(db, tlsm.DEFAULT_MAX_PAYLOAD_BYTES)
         layer.join(b"r", [b"u"])
-        real_last_seq = db.last_seq
-
-        class StaleLastSeq:
-            """Reports one entry less than there is, as a second writer would cause."""
-
-            def __getattr__(self, attribute):
-                return getattr(db, attribute)
-
-            def last_seq(self, timeline_id):
-                return max(real_last_seq(timeline_id) - 1, 0)
-
-        layer._db = StaleLastSeq()
         assert layer.send(b"r", b"u", b"first")[0] == 1
+        real_last_seq = layer.store.last_seq
+
+        # Reports one entry less than there is, as a second writer would cause.
+        def stale_last_seq(timeline_id):
+            return max(real_last_seq(timeline_id) - 1, 0)
+
+        monkeypatch.setattr(layer.store, "last_seq", stale_last_seq)
         with pytest.raises(
             im.ImInvariantError, match="engine assigned 2, references carry 1"
         ):
             layer.send(b"r", b"u", b"second")
 
 
-def test_sync_entry_of_unknown_kind_rejected():
-    with pytest.raises(im.ImInvariantError, match="unknown kind 7"):
-        im.decode_sync_entry(struct.pack(">BQ", 7, 1) + b"r")
+def test_cursor_round_trip_and_checks():
+    token = im_format.encode_cursor(b"u", 123, 7, {b"big": 40, b"b2": 3})
+    assert token[:1] == b"A"
+    assert im_format.decode_cursor(b"u", token) == (123, 7, {b"big": 40, b"b2": 3})
+    with pytest.raises(im_format.CursorError, match="checksum"):
+        im_format.decode_cursor(b"other", token)
+    damaged = token[:-3] + (b"B" if token[-3:-2] != b"B" else b"C") + token[-2:]
+    with pytest.raises(im_format.CursorError):
+        im_format.decode_cursor(b"u", damaged)
 
 
 def test_store_entry_round_trip():
-    entry = im.encode_store_entry(b"sender", b"\x00payload")
-    assert im.decode_store_entry(entry) == (b"sender", b"\x00payload")
+    entry = im_format.encode_store_entry(b"sender", b"\x00payload")
+    assert im_format.decode_store_entry(entry) == (b"sender", b"\x00payload")

@@ -117,8 +117,27 @@ def test_plan_joins_at_first_message(tmp_path):
     assert plan.system_lines == 1
     assert plan.members == ["u1", "u2", "u3"]
     assert list(plan.joins_before) == [1, 1, 0, 1, 1]
-    assert plan.member_ranges == [[(0, 3)], [(1, 3), (3, 5)], [(4, 5)]]
+    assert plan.member_joins == [[(0, 0)], [(0, 1), (1, 0)], [(1, 1)]]
+    assert [list(sends) for sends in plan.conversation_sends] == [[0, 1, 2], [3, 4]]
     assert plan.payloads[4] == "héllo".encode()
+
+
+def test_plan_threads_become_conversations(tmp_path):
+    threaded = message("a", "u2", "in thread")
+    threaded["thread"] = "a#1"
+    path = write_log(tmp_path / "log.jsonl.gz", [
+        message("a", "u1", "hi"), threaded, message("a", "u1", "after"),
+    ])  # fmt: skip
+    plain = load_plan(path)
+    assert plain.conversations == ["a"]
+    assert plain.send_count == 3
+    plan = load_plan(path, threads=True)
+    assert plan.conversations == ["a", "a#1"]
+    assert list(plan.send_conversation) == [0, 0, 1, 0]
+    assert list(plan.send_message) == [0, 1, 1, 2]
+    assert plan.member_joins == [[(0, 0)], [(0, 1), (1, 0)]]
+    assert plan.channel_ends == [4]
+    assert plan.expected_entries() == 3 + 2 + 1
 
 
 def test_plan_limit_cuts_messages(tmp_path):
@@ -128,7 +147,7 @@ def test_plan_limit_cuts_messages(tmp_path):
     plan = load_plan(path, limit=2)
     assert plan.message_count == 2
     assert plan.channels == ["a"]
-    assert plan.member_ranges == [[(0, 2)], [(1, 2)]]
+    assert plan.member_joins == [[(0, 0)], [(0, 1)]]
 
 
 def test_plan_rejects_split_channel(tmp_path):
@@ -162,14 +181,14 @@ def make_checker(tmp_path):
     checker = DeliveryChecker(plan, [b"p/a", b"p/b"], [b"p/u1", b"p/u2"])
     for m in range(plan.message_count):
         checker.send_times[m] = 0.0
-    device = Device(0, 1, b"p/u1", plan.member_ranges[0])
+    device = Device(0, 1, b"p/u1", plan.member_joins[0])
     return checker, device
 
 
 ENTRIES_U1 = [
-    [1, b"p/a", 1, b"p/u1", b"one"],
-    [2, b"p/a", 2, b"p/u2", b"two"],
-    [3, b"p/b", 1, b"p/u1", b"three"],
+    [b"p/a", 1, b"p/u1", b"one"],
+    [b"p/a", 2, b"p/u2", b"two"],
+    [b"p/b", 1, b"p/u1", b"three"],
 ]
 
 
@@ -185,17 +204,26 @@ def test_checker_accepts_exact_stream(tmp_path):
 
 def test_checker_reports_gap(tmp_path):
     checker, device = make_checker(tmp_path)
-    checker.process_entries(device, [ENTRIES_U1[0], ENTRIES_U1[2]], 1.0, online=True)
+    checker.process_entries(device, [ENTRIES_U1[2], ENTRIES_U1[1]], 1.0, online=True)
     assert len(checker.failures) == 1
     assert "device 1 of user p/u1" in checker.failures[0]
-    assert "payload b'three'" in checker.failures[0]
-    assert "position 1, sender p/u2" in checker.failures[0]
+    assert "payload b'two'" in checker.failures[0]
+    assert "position 0, sender p/u1" in checker.failures[0]
 
 
-def test_checker_reports_duplicate_sync_seq(tmp_path):
+def test_checker_accepts_interleaved_conversations(tmp_path):
+    checker, device = make_checker(tmp_path)
+    order = [ENTRIES_U1[2], ENTRIES_U1[0], ENTRIES_U1[1]]
+    checker.process_entries(device, order, 1.0, online=True)
+    checker.check_complete(device)
+    assert checker.failures == []
+
+
+def test_checker_reports_repeated_entry(tmp_path):
     checker, device = make_checker(tmp_path)
     checker.process_entries(device, [ENTRIES_U1[0], ENTRIES_U1[0]], 1.0, online=True)
-    assert "sync seq 1 does not exceed checkpoint 1" in checker.failures[0]
+    assert "entry [conversation p/a, store seq 1" in checker.failures[0]
+    assert "position 1, sender p/u2" in checker.failures[0]
 
 
 def test_checker_reports_missing_tail(tmp_path):
@@ -209,9 +237,9 @@ def test_checker_reports_missing_tail(tmp_path):
 
 def test_checker_reports_extra_entry(tmp_path):
     checker, device = make_checker(tmp_path)
-    extra = [4, b"p/b", 2, b"p/u1", b"four"]
+    extra = [b"p/b", 2, b"p/u1", b"four"]
     checker.process_entries(device, ENTRIES_U1 + [extra], 1.0, online=True)
-    assert "unexpected extra entry [sync seq 4" in checker.failures[0]
+    assert "unexpected entry [conversation p/b, store seq 2" in checker.failures[0]
 
 
 def test_checker_reports_store_seq_disagreement(tmp_path):
@@ -229,10 +257,13 @@ def test_replay_sample_verifies(server):
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "1786 events, 1500 messages, 286 system lines skipped" in out
-    assert "conversations: 2, members: 94 (97 joins), devices: 188" in out
+    assert "conversations: 2 (0 threads), members: 94 (97 joins), devices: 188" in out
+    assert "1500 sends" in out
+    assert "1 retried with the same client message id" in out
+    assert "written: 1500 store entries" in out
     assert "verify: OK, 2 histories and 188 devices (80608 entries)" in out
     plan = load_plan(SAMPLE)
-    last_sender = plan.members[plan.message_sender[-1]]
+    last_sender = plan.members[plan.send_sender[-1]]
     newest = server.execute_command("IM.HISTORY", "t/ubuntu-2005-02-06", "COUNT", 1)
     assert newest == [[750, b"t/" + last_sender.encode(), plan.payloads[-1]]]
 
@@ -245,10 +276,30 @@ def test_replay_limit_and_one_device(server):
     assert "verify: OK, 1 histories" in result.stdout
 
 
+def test_replay_read_fanout_and_threads(server, tmp_path):
+    events = []
+    for index in range(60):
+        event = message("c", f"u{index % 12}", f"line {index}")
+        if index % 3 == 0:
+            event["thread"] = f"c#{index % 2}"
+        events.append(event)
+    path = write_log(tmp_path / "threads.jsonl.gz", events)
+    result = run_replay(port_of(server), "--threads", "--fanout-threshold", "5",
+                        "--retry-every", "7", file=path)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "conversations: 3 (2 threads)" in out
+    assert "80 sends" in out
+    assert "11 retried" in out
+    assert "verify: OK, 3 histories" in out
+    read_path = [line for line in out.splitlines() if "read fan-out path" in line]
+    assert not read_path[0].startswith("read fan-out path: 0 delivered")
+
+
 def test_replay_detects_foreign_message(server):
     conversation = "x/" + SAMPLE_CHANNELS[0]
     server.execute_command("IM.JOIN", conversation, "x/intruder")
-    server.execute_command("IM.SEND", conversation, "x/intruder", "not in the log")
+    server.execute_command("IM.SEND", conversation, "x/intruder", "1", "not in the log")
     result = run_replay(port_of(server), "--prefix", "x/", "--limit", "300")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "verify: FAILED" in result.stdout
@@ -263,12 +314,12 @@ def test_replay_detects_stray_sync_entry(server):
     # another conversation puts an entry in its sync timeline that the replay
     # did not send, so its devices must report it.
     server.execute_command("IM.JOIN", "d/elsewhere", "d/user2702")
-    server.execute_command("IM.SEND", "d/elsewhere", "d/user2702", "stray")
+    server.execute_command("IM.SEND", "d/elsewhere", "d/user2702", "1", "stray")
     result = run_replay(port_of(server), "--prefix", "d/", "--limit", "100")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "verify: FAILED, mismatches: 2; first: device " in result.stdout
     assert (
-        "of user d/user2702: entry [sync seq 1, conversation d/elsewhere"
+        "of user d/user2702: unexpected entry [conversation d/elsewhere"
         in result.stdout
     )
 

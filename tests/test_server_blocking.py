@@ -66,25 +66,6 @@ def test_pull_woken_by_mappend(pool, shared_server, client):
     assert result == [[watched.encode(), [[1, b"w1"], [2, b"w2"]]]]
 
 
-def test_pull_woken_by_im_send_and_join(pool, shared_server, client):
-    conversation = name("room")
-    members = f"im:members:{conversation}"
-    future = start_blocked(
-        pool, shared_server, client, "TL.PULL", "BLOCK", 0, "TIMELINES", members, 0
-    )
-    client.execute_command("IM.JOIN", conversation, "alice")
-    assert future.result(HANG_LIMIT_SECONDS)[0][0] == members.encode()
-
-    store = f"im:store:{conversation}"
-    future = start_blocked(
-        pool, shared_server, client, "TL.PULL", "BLOCK", 0, "TIMELINES", store, "$"
-    )
-    client.execute_command("IM.SEND", conversation, "alice", b"hi")
-    result = future.result(HANG_LIMIT_SECONDS)
-    assert result[0][0] == store.encode()
-    assert [entry[0] for entry in result[0][1]] == [1]
-
-
 def test_pull_dollar_skips_existing_entries(pool, shared_server, client):
     timeline_id = name("pull")
     client.execute_command("TL.APPEND", timeline_id, b"old")
@@ -173,19 +154,45 @@ def test_sync_woken_by_send_fan_out(pool, shared_server, client):
     alice, bob = name("alice"), name("bob")
     client.execute_command("IM.JOIN", conversation, alice, bob)
     futures = [
-        start_blocked(pool, shared_server, client, "IM.SYNC", user, 0, "BLOCK", 0)
+        start_blocked(pool, shared_server, client, "IM.SYNC", user, "-", "BLOCK", 0)
         for user in (alice, bob)
     ]
-    store_seq = client.execute_command("IM.SEND", conversation, alice, b"hey")
-    expected = [[1, conversation.encode(), store_seq, alice.encode(), b"hey"]]
+    store_seq = client.execute_command("IM.SEND", conversation, alice, "m1", b"hey")
+    expected = [[conversation.encode(), store_seq, alice.encode(), b"hey"]]
     for future in futures:
-        assert future.result(HANG_LIMIT_SECONDS) == expected
+        page = future.result(HANG_LIMIT_SECONDS)
+        assert page[0::2] == [b"messages", b"cursor", b"has_more", b"truncated"]
+        assert page[1] == expected
+
+
+def test_legacy_sync_woken_by_send(pool, shared_server, client):
+    conversation, user = name("room"), name("user")
+    client.execute_command("IM.JOIN", conversation, user)
+    future = start_blocked(pool, shared_server, client, "IM.SYNC", user, 0, "BLOCK", 0)
+    client.execute_command("IM.SEND", conversation, user, b"legacy")
+    result = future.result(HANG_LIMIT_SECONDS)
+    assert result == [[1, conversation.encode(), 1, user.encode(), b"legacy"]]
+
+
+def test_sync_woken_by_join_into_read_fanout(pool, shared_server, client):
+    # The join's marker is the first entry the reader gets. It must go on
+    # waiting, now also on the conversation's store timeline.
+    conversation, member, joiner = name("room"), name("member"), name("joiner")
+    client.execute_command("IM.POLICY", conversation, "FANOUT-THRESHOLD", 1)
+    client.execute_command("IM.JOIN", conversation, member)
+    future = start_blocked(
+        pool, shared_server, client, "IM.SYNC", joiner, "-", "BLOCK", 0
+    )
+    client.execute_command("IM.JOIN", conversation, joiner)
+    client.execute_command("IM.SEND", conversation, member, "r1", b"read path")
+    page = future.result(HANG_LIMIT_SECONDS)
+    assert page[1] == [[conversation.encode(), 1, member.encode(), b"read path"]]
 
 
 def test_sync_timeout_returns_nil(client, client3):
     user = name("nobody")
-    assert client.execute_command("IM.SYNC", user, 0, "BLOCK", 50) is None
-    assert client3.execute_command("IM.SYNC", user, 0, "BLOCK", 50) is None
+    assert client.execute_command("IM.SYNC", user, "-", "BLOCK", 50) is None
+    assert client3.execute_command("IM.SYNC", user, "-", "BLOCK", 50) is None
 
 
 def test_sync_not_woken_by_other_conversation(pool, shared_server, client):
@@ -194,9 +201,9 @@ def test_sync_not_woken_by_other_conversation(pool, shared_server, client):
     client.execute_command("IM.JOIN", room, carol)
     client.execute_command("IM.JOIN", other_room, dave)
     future = start_blocked(
-        pool, shared_server, client, "IM.SYNC", carol, 0, "BLOCK", 300
+        pool, shared_server, client, "IM.SYNC", carol, "-", "BLOCK", 300
     )
-    client.execute_command("IM.SEND", other_room, dave, b"not for carol")
+    client.execute_command("IM.SEND", other_room, dave, "x", b"not for carol")
     assert future.result(HANG_LIMIT_SECONDS) is None
 
 

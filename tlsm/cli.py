@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from . import replay, server
+from . import im, replay, server
 from .keys import DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES_LIMIT
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -116,6 +116,28 @@ def build_parser():
         help="unread reply bytes one client may have buffered before the server "
         f"closes its connection (default: {server.DEFAULT_MAX_OUTPUT_BYTES})",
     )
+    serve.add_argument(
+        "--sync-ttl-seconds",
+        type=_positive,
+        default=im.DEFAULT_SYNC_TTL_SECONDS,
+        help="how long IM sync entries are kept, in seconds; a cursor older than "
+        f"this gets a RESYNC error (default: {im.DEFAULT_SYNC_TTL_SECONDS}, 7 days)",
+    )
+    serve.add_argument(
+        "--idempotency-window-seconds",
+        type=_positive,
+        default=im.DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+        help="how long IM.SEND remembers a (sender, client message id), in seconds "
+        f"(default: {im.DEFAULT_IDEMPOTENCY_WINDOW_SECONDS}, 1 day)",
+    )
+    serve.add_argument(
+        "--fanout-threshold",
+        type=_positive,
+        default=im.DEFAULT_FANOUT_THRESHOLD,
+        help="conversations with more members than this use read fan-out, the "
+        "others write fan-out; IM.POLICY overrides it per conversation "
+        f"(default: {im.DEFAULT_FANOUT_THRESHOLD})",
+    )
     _add_log_level(serve)
 
     replay_parser = subparsers.add_parser(
@@ -155,6 +177,9 @@ def main(argv=None):
             max_payload_bytes=args.max_payload_bytes,
             max_input_bytes=args.max_input_bytes,
             max_output_bytes=args.max_output_bytes,
+            sync_ttl_seconds=args.sync_ttl_seconds,
+            idempotency_window_seconds=args.idempotency_window_seconds,
+            fanout_threshold=args.fanout_threshold,
         )
         return server.run(config)
     return replay.run(args)

@@ -17,23 +17,24 @@ starts with the error code word, or InvalidArgumentError from the engine,
 which the server sends as an ERR reply. Any other exception is a server bug:
 the server logs it and replies ERR internal error.
 
-Timelines whose id starts with "im:" belong to the IM layer (see tlsm/im.py),
-so TL.APPEND and TL.MAPPEND reject them. TL reads of them are allowed.
+The IM.* handlers live in tlsm.commands_im. Timeline ids starting with "im:"
+stay reserved in the default table, so TL.APPEND and TL.MAPPEND reject them.
 """
 
 import fnmatch
 import os
 
 from . import reply
-from .im import IM_PREFIX, NotMemberError, sync_timeline
 from .keys import MAX_SEQ
 
 MAX_COUNT = (1 << 63) - 1
 # Largest BLOCK timeout in milliseconds: about 31 years, far beyond any
 # client's patience, and small enough for the event loop's float clock.
 MAX_BLOCK_MS = 1 << 50
-DEFAULT_SYNC_COUNT = 100
-DEFAULT_HISTORY_COUNT = 20
+# Timeline ids reserved in the default table: the IM layer kept its data
+# under this prefix before it moved to its own tables, and TL writes there
+# stay rejected so old data directories are never mixed with new writes.
+IM_PREFIX = b"im:"
 SERVER_NAME = "tlsm"
 
 
@@ -170,8 +171,8 @@ def check_writable(timeline_id):
     if timeline_id.startswith(IM_PREFIX):
         raise CommandError(
             f"ERR timeline '{show_arg(timeline_id)}' is reserved for the IM layer "
-            f"(ids starting with '{IM_PREFIX.decode()}'): write it with IM.SEND "
-            "or IM.JOIN"
+            f"(ids starting with '{IM_PREFIX.decode()}'); IM data lives in its "
+            "own tables, written by IM.* commands"
         )
 
 
@@ -356,94 +357,6 @@ def cmd_tl_pull(conn, args):
     if not blocking:
         return nil
     return BlockingRead(set(timeline_ids), read, timeout, nil)
-
-
-# ---------------------------------------------------------------------------
-# IM.* handlers
-
-
-def _encode_sync_messages(messages, proto):
-    parts = [b"*%d\r\n" % len(messages)]
-    null = reply.null_bulk(proto)
-    for sync_seq, conversation, store_seq, sender, payload in messages:
-        parts.append(b"*5\r\n:%d\r\n" % sync_seq)
-        parts.append(reply.bulk(conversation))
-        parts.append(b":%d\r\n" % store_seq)
-        parts.append(null if sender is None else reply.bulk(sender))
-        parts.append(null if payload is None else reply.bulk(payload))
-    return b"".join(parts)
-
-
-def cmd_im_join(conn, args):
-    """IM.JOIN conversation user [user ...] -> integer, the users newly added."""
-    added, written = conn.im.join(args[1], args[2:])
-    if written:
-        conn.server.notify_written(written)
-    return b":%d\r\n" % added
-
-
-def cmd_im_members(conn, args):
-    """IM.MEMBERS conversation -> array of users in join order."""
-    members = conn.im.members(args[1])
-    return b"".join([b"*%d\r\n" % len(members)] + [reply.bulk(u) for u in members])
-
-
-def cmd_im_send(conn, args):
-    """IM.SEND conversation sender payload -> integer store seq."""
-    try:
-        store_seq, written = conn.im.send(args[1], args[2], args[3])
-    except NotMemberError as exc:
-        raise CommandError(f"NOTMEMBER {exc}") from None
-    conn.server.notify_written(written)
-    return b":%d\r\n" % store_seq
-
-
-_SYNC_OPTIONS = {b"COUNT": parse_count, b"BLOCK": parse_block_timeout}
-
-
-def cmd_im_sync(conn, args):
-    """IM.SYNC user after_seq [COUNT n] [BLOCK ms] -> array of messages."""
-    user = args[1]
-    after_seq = parse_seq(args[2], "after_seq")
-    options = parse_options(args, 3, _SYNC_OPTIONS, "im.sync")
-    count = options.get(b"COUNT", DEFAULT_SYNC_COUNT)
-    im = conn.im
-
-    def read():
-        if count == 0 or after_seq >= MAX_SEQ:
-            return None
-        messages = im.sync(user, after_seq, count)
-        if not messages:
-            return None
-        return _encode_sync_messages(messages, conn.proto)
-
-    result = read()
-    if result is not None:
-        return result
-    if b"BLOCK" not in options:
-        return reply.EMPTY_ARRAY
-    timeline_id = sync_timeline(user)
-    return BlockingRead(
-        {timeline_id}, read, options[b"BLOCK"], reply.null_array(conn.proto)
-    )
-
-
-_HISTORY_OPTIONS = {b"BEFORE": parse_seq, b"COUNT": parse_count}
-
-
-def cmd_im_history(conn, args):
-    """IM.HISTORY conversation [BEFORE seq] [COUNT n] -> messages, newest first."""
-    options = parse_options(args, 2, _HISTORY_OPTIONS, "im.history")
-    count = options.get(b"COUNT", DEFAULT_HISTORY_COUNT)
-    if count == 0:
-        return reply.EMPTY_ARRAY
-    messages = conn.im.history(args[1], options.get(b"BEFORE"), count)
-    parts = [b"*%d\r\n" % len(messages)]
-    for store_seq, sender, payload in messages:
-        parts.append(b"*3\r\n:%d\r\n" % store_seq)
-        parts.append(reply.bulk(sender))
-        parts.append(reply.bulk(payload))
-    return b"".join(parts)
 
 
 # ---------------------------------------------------------------------------
@@ -742,22 +655,6 @@ _TABLE = [
      "Return entries above a seq for each timeline, waiting with BLOCK.",
      [_COUNT, _BLOCK, _arg("timelines", "pure-token", token="TIMELINES"),
       _arg("timeline", "key", multiple=True), _arg("seq", multiple=True)]),
-    ("im.join", cmd_im_join, -3, ("write",), "im",
-     "Add users to a conversation and return how many were new.",
-     [_arg("conversation", "key"), _arg("user", multiple=True)]),
-    ("im.members", cmd_im_members, 2, ("readonly",), "im",
-     "Return the members of a conversation in join order.",
-     [_arg("conversation", "key")]),
-    ("im.send", cmd_im_send, 4, ("write",), "im",
-     "Store a message and add it to every member's sync timeline.",
-     [_arg("conversation", "key"), _arg("sender"), _arg("payload")]),
-    ("im.sync", cmd_im_sync, -3, ("readonly", "blocking"), "im",
-     "Return a user's messages above a sync seq, waiting with BLOCK.",
-     [_arg("user"), _arg("after_seq", "integer"), _COUNT, _BLOCK]),
-    ("im.history", cmd_im_history, -2, ("readonly",), "im",
-     "Return a conversation's messages, newest first.",
-     [_arg("conversation", "key"),
-      _arg("seq", "integer", optional=True, token="BEFORE"), _COUNT]),
     ("ping", cmd_ping, -1, ("fast",), "connection",
      "Return PONG, or the message given.",
      [_arg("message", optional=True)]),
@@ -786,7 +683,10 @@ _TABLE = [
      [_arg("section", optional=True, multiple=True)]),
 ]  # fmt: skip
 
+# Imported here, after every helper it uses is defined (see tlsm.commands_im).
+from .commands_im import IM_TABLE
+
 COMMANDS = {
     name.encode(): CommandSpec(name, handler, arity, flags, group, summary, arguments)
-    for name, handler, arity, flags, group, summary, arguments in _TABLE
+    for name, handler, arity, flags, group, summary, arguments in _TABLE + IM_TABLE
 }

@@ -6,17 +6,22 @@ How the replay runs:
   one connection, with up to ``--window`` IM.SEND commands in flight. One
   connection keeps each conversation's messages in send order without any
   waiting. A sender's IM.JOIN is pipelined right before its first message in
-  a channel. Send latency is the time from writing IM.SEND to parsing its
+  a conversation, and with ``--fanout-threshold`` an IM.POLICY right before
+  a conversation's first join. With ``--threads`` each reply thread is a
+  conversation too, and a thread message is sent to its channel and then to
+  its thread. Every IM.SEND carries a client message id, and every
+  ``--retry-every``-th send is sent twice: the retry must return the same
+  store seq. Send latency is the time from writing IM.SEND to parsing its
   reply.
 * Devices. Each member has ``--devices-per-member`` devices, each with its
   own checkpoint. A device is online from its member's join until the last
   message of that channel is stored: it then sits in
-  ``IM.SYNC user checkpoint COUNT c BLOCK ms`` on a connection taken from a
+  ``IM.SYNC user cursor COUNT c BLOCK ms`` on a connection taken from a
   pool of at most ``--max-connections``. When the channel ends the device goes
   offline after its current call returns, and its connection goes back to
   the pool. If the pool is exhausted a device waits for a connection, and it
-  catches up from its checkpoint once it has one. After the last send every
-  device, online before or not, drains its sync timeline from its checkpoint
+  catches up from its cursor once it has one. After the last send every
+  device, online before or not, drains its messages from its cursor
   (the final catch-up). Keeping all 30,000 devices of the full log online
   would take as many connections, which is why devices come and go with
   their channel.
@@ -25,10 +30,14 @@ How the replay runs:
   received while online that were sent after it came online, so catch-up
   after offline time does not count.
 * Verification. Each device's entries are compared while they arrive with
-  its expected stream (see replay_check). At the end, every conversation's
+  its expected stream (see replay_check), and a reply that reports lost
+  entries (``truncated``) fails the replay. At the end, every conversation's
   history is read back page by page with IM.HISTORY and compared with the
-  channel's messages, and every device must have reached the end of its
+  conversation's sends, and every device must have reached the end of its
   stream.
+* Cost. IM.STATS is read before and after; the summary gives the entries
+  and bytes written and the entries read per delivered message, for the
+  write fan-out and the read fan-out path.
 
 Names on the wire are ``<prefix><channel>`` for conversations and
 ``<prefix><sender>`` for users. The default prefix is a run id made of the
@@ -128,6 +137,25 @@ def add_arguments(parser):
         "(default: a run id such as 20250101T120000-1a2b/)",
     )
     parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="also replay each reply thread as its own conversation",
+    )
+    parser.add_argument(
+        "--fanout-threshold",
+        type=_positive_int,
+        default=None,
+        help="set this fan-out threshold on every conversation with IM.POLICY "
+        "(default: the server's --fanout-threshold)",
+    )
+    parser.add_argument(
+        "--retry-every",
+        type=_non_negative_int,
+        default=1000,
+        help="send every Nth IM.SEND twice with the same client message id and "
+        "check both replies agree; 0 turns retries off (default: 1000)",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="skip comparing entries and histories with the input",
@@ -143,7 +171,7 @@ def run(args):
     if prefix is None:
         prefix = time.strftime("%Y%m%dT%H%M%S-") + secrets.token_hex(2) + "/"
     try:
-        plan = load_plan(args.file, limit=args.limit)
+        plan = load_plan(args.file, limit=args.limit, threads=args.threads)
     except (InvalidArgumentError, OSError) as exc:
         print(f"tlsm replay: cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -159,6 +187,11 @@ def run(args):
     except ReplayAborted as exc:
         print(f"tlsm replay: {exc}", file=sys.stderr)
         return exc.exit_status
+
+
+def _stats_map(reply):
+    """Return IM.STATS (a RESP2 field/value array) as {name: int}."""
+    return {name.decode(): int(value) for name, value in zip(reply[::2], reply[1::2])}
 
 
 class ReplayAborted(Exception):
@@ -177,22 +210,27 @@ class _Replay:
         self.plan = plan
         self.prefix = prefix
         encoded = prefix.encode("utf-8")
-        self.conversation_ids = [encoded + c.encode("utf-8") for c in plan.channels]
+        self.conversation_ids = [
+            encoded + c.encode("utf-8") for c in plan.conversations
+        ]
         self.user_ids = [encoded + u.encode("utf-8") for u in plan.members]
         self.checker = DeliveryChecker(
             plan, self.conversation_ids, self.user_ids, verify=not args.no_verify
         )
         self.devices = [
             [
-                Device(member, number, self.user_ids[member], ranges)
+                Device(member, number, self.user_ids[member], joins)
                 for number in range(1, args.devices_per_member + 1)
             ]
-            for member, ranges in enumerate(plan.member_ranges)
+            for member, joins in enumerate(plan.member_joins)
         ]
         # Conversation index each member is online for, or -1 when offline.
         self.member_online_channel = [-1] * len(plan.members)
         self.sessions = set()
         self.replied = 0
+        self.retries = 0
+        self.stats_before = {}
+        self.stats_after = {}
         self.send_latencies = array.array("d")
         # First reason to stop the replay, and its exit status.
         self.fatal = None
@@ -200,6 +238,11 @@ class _Replay:
         self.crash = None
         self.all_replied = None
         self.window = None
+        # Position of each send in its conversation.
+        self._send_positions = array.array("i", bytes(4 * plan.send_count))
+        for sends in plan.conversation_sends:
+            for position, s in enumerate(sends):
+                self._send_positions[s] = position
 
     async def run(self):
         args = self.args
@@ -208,10 +251,11 @@ class _Replay:
         self.pool = ConnectionPool(args.host, args.port, args.max_connections)
         self.window = asyncio.Semaphore(args.window)
         self.all_replied = asyncio.Event()
-        if self.plan.message_count == 0:
+        if self.plan.send_count == 0:
             self.all_replied.set()
+        self.stats_before = _stats_map(await sender.call("IM.STATS"))
         progress = tqdm(
-            total=self.plan.message_count,
+            total=self.plan.send_count,
             unit="msg",
             desc="sent",
             disable=True if args.no_progress else None,
@@ -231,6 +275,7 @@ class _Replay:
             self._show_progress(progress)
             progress.close()
             self.pool.close()
+        self.stats_after = _stats_map(await sender.call("IM.STATS"))
         if not args.no_verify:
             await self._verify_histories(sender)
             for devices in self.devices:
@@ -244,66 +289,94 @@ class _Replay:
 
     async def _send_all(self, sender):
         plan = self.plan
-        for channel, conversation in enumerate(self.conversation_ids):
-            start, end = plan.channel_starts[channel], plan.channel_ends[channel]
-            for m in range(start, end):
+        policies_sent = set()
+        retry_every = self.args.retry_every
+        for channel in range(len(plan.channels)):
+            for s in range(plan.channel_starts[channel], plan.channel_ends[channel]):
                 self._raise_fatal()
                 await self.window.acquire()
-                member = plan.message_sender[m]
-                if plan.joins_before[m]:
+                member = plan.send_sender[s]
+                c = plan.send_conversation[s]
+                conversation = self.conversation_ids[c]
+                if self.args.fanout_threshold and c not in policies_sent:
+                    policies_sent.add(c)
+                    sender.send(
+                        (b"IM.POLICY", conversation, b"FANOUT-THRESHOLD",
+                         self.args.fanout_threshold),
+                        self._on_policy_reply,
+                    )  # fmt: skip
+                if plan.joins_before[s]:
                     sender.send(
                         (b"IM.JOIN", conversation, self.user_ids[member]),
-                        functools.partial(self._on_join_reply, channel, member),
+                        functools.partial(self._on_join_reply, c, member),
                     )
-                    self._go_online(member, channel)
-                payload = plan.payloads[m]
-                self.checker.send_times[m] = time.perf_counter()
-                sender.send(
-                    (b"IM.SEND", conversation, self.user_ids[member], payload),
-                    functools.partial(self._on_send_reply, m),
-                )
+                    if plan.conversation_is_channel[c]:
+                        self._go_online(member, channel)
+                command = (
+                    b"IM.SEND", conversation, self.user_ids[member], b"%d" % s,
+                    plan.payloads[plan.send_message[s]],
+                )  # fmt: skip
+                self.checker.send_times[s] = time.perf_counter()
+                sender.send(command, functools.partial(self._on_send_reply, s))
+                if retry_every and s % retry_every == retry_every - 1:
+                    self.retries += 1
+                    sender.send(command, functools.partial(self._on_retry_reply, s))
 
-    def _on_join_reply(self, channel, member, reply):
+    def _on_policy_reply(self, reply):
+        if isinstance(reply, (hiredis.ReplyError, ConnectionError)):
+            self._set_fatal(f"IM.POLICY failed: {reply}")
+
+    def _on_join_reply(self, conversation, member, reply):
         if isinstance(reply, (hiredis.ReplyError, ConnectionError)):
             self._set_fatal(f"IM.JOIN failed: {reply}")
         elif reply != 1:
             # Every later check would fail too, so stop at the cause.
             self._set_fatal(
-                f"IM.JOIN {self.conversation_ids[channel].decode()} "
+                f"IM.JOIN {self.conversation_ids[conversation].decode()} "
                 f"{self.user_ids[member].decode()} returned {reply!r} instead of 1: "
                 f"the user was already a member; use a --prefix other than "
                 f"{self.prefix!r}",
                 EXIT_MISMATCH,
             )
 
-    def _on_send_reply(self, m, reply):
+    def _on_send_reply(self, s, reply):
         now = time.perf_counter()
         self.window.release()
         if isinstance(reply, (hiredis.ReplyError, ConnectionError)):
             self._set_fatal(
-                f"IM.SEND of {self.checker.describe_message(m)} failed: {reply}"
+                f"IM.SEND of {self.checker.describe_send(s)} failed: {reply}"
             )
             self.all_replied.set()
             return
-        self.send_latencies.append(now - self.checker.send_times[m])
-        self.checker.agree_store_seq(m, reply, "the IM.SEND reply")
-        self._check_store_order(m, reply)
+        self.send_latencies.append(now - self.checker.send_times[s])
+        self.checker.agree_store_seq(s, reply, "the IM.SEND reply")
+        self._check_store_order(s, reply)
         self.replied += 1
-        channel = self.plan.message_channel[m]
-        if m + 1 == self.plan.channel_ends[channel]:
+        channel = self.plan.conversation_channel[self.plan.send_conversation[s]]
+        if s + 1 == self.plan.channel_ends[channel]:
             self._end_channel(channel)
-        if self.replied == self.plan.message_count:
+        if self.replied == self.plan.send_count:
             self.all_replied.set()
 
-    def _check_store_order(self, m, store_seq):
-        channel = self.plan.message_channel[m]
-        if m == self.plan.channel_starts[channel]:
+    def _on_retry_reply(self, s, reply):
+        if isinstance(reply, (hiredis.ReplyError, ConnectionError)):
+            self._set_fatal(
+                f"retried IM.SEND of {self.checker.describe_send(s)} failed: {reply}"
+            )
             return
-        previous = self.checker.store_seqs[m - 1]
+        self.checker.agree_store_seq(s, reply, "the retried IM.SEND reply")
+
+    def _check_store_order(self, s, store_seq):
+        plan = self.plan
+        sends = plan.conversation_sends[plan.send_conversation[s]]
+        position = self._send_positions[s]
+        if position == 0:
+            return
+        previous = self.checker.store_seqs[sends[position - 1]]
         if previous is not None and store_seq <= previous:
             self.checker.fail(
-                f"{self.checker.describe_message(m)}: store seq {store_seq} does "
-                f"not exceed {previous} of the message before it"
+                f"{self.checker.describe_send(s)}: store seq {store_seq} does "
+                f"not exceed {previous} of the send before it"
             )
 
     def _set_fatal(self, message, exit_status=EXIT_ERROR):
@@ -342,14 +415,11 @@ class _Replay:
     def _end_channel(self, channel):
         online = self.member_online_channel
         plan = self.plan
-        for member in {plan.message_sender[m] for m in self._join_messages(channel)}:
-            if online[member] == channel:
-                online[member] = -1
-
-    def _join_messages(self, channel):
-        plan = self.plan
         start, end = plan.channel_starts[channel], plan.channel_ends[channel]
-        return (m for m in range(start, end) if plan.joins_before[m])
+        for s in range(start, end):
+            member = plan.send_sender[s]
+            if plan.joins_before[s] and online[member] == channel:
+                online[member] = -1
 
     async def _online_session(self, device):
         args = self.args
@@ -362,10 +432,8 @@ class _Replay:
                     b"IM.SYNC", device.user_id, device.checkpoint,
                     b"COUNT", args.count, b"BLOCK", args.block_ms,
                 )  # fmt: skip
-                if page:
-                    self.checker.process_entries(
-                        device, page, time.perf_counter(), online=True
-                    )
+                if page is not None:
+                    self._take_page(device, page, online=True)
         except (ConnectionError, ServerReplyError) as exc:
             self._set_fatal(f"IM.SYNC for {device.name} failed: {exc}")
         finally:
@@ -381,6 +449,19 @@ class _Replay:
             self.member_online_channel[member] = -1
         if self.sessions:
             await asyncio.gather(*self.sessions)
+
+    def _take_page(self, device, page, online):
+        """Check one IM.SYNC reply (RESP2 field/value array); return has_more."""
+        fields = dict(zip(page[::2], page[1::2]))
+        device.checkpoint = fields[b"cursor"]
+        if fields[b"truncated"]:
+            self.checker.fail(
+                f"{device.name}: IM.SYNC reported lost entries {fields[b'truncated']!r}"
+            )
+        messages = fields[b"messages"]
+        if messages:
+            self.checker.process_entries(device, messages, time.perf_counter(), online)
+        return bool(fields[b"has_more"])
 
     # Final catch-up
 
@@ -403,11 +484,8 @@ class _Replay:
                     page = await connection.call(
                         b"IM.SYNC", device.user_id, device.checkpoint, b"COUNT", count
                     )
-                    if not page:
+                    if not self._take_page(device, page, online=False):
                         break
-                    self.checker.process_entries(
-                        device, page, time.perf_counter(), online=False
-                    )
         finally:
             connection.close()
 
@@ -415,12 +493,10 @@ class _Replay:
 
     async def _verify_histories(self, connection):
         plan = self.plan
-        for channel, conversation in enumerate(self.conversation_ids):
-            start, end = plan.channel_starts[channel], plan.channel_ends[channel]
-            if start == end:
-                continue
-            history = await self._read_history(connection, conversation, end - start)
-            if not self._history_matches(channel, history):
+        for c, conversation in enumerate(self.conversation_ids):
+            sends = plan.conversation_sends[c]
+            history = await self._read_history(connection, conversation, len(sends))
+            if not self._history_matches(c, history):
                 return
 
     async def _read_history(self, connection, conversation, expected):
@@ -444,23 +520,23 @@ class _Replay:
         entries.reverse()
         return entries
 
-    def _history_matches(self, channel, history):
+    def _history_matches(self, c, history):
         plan = self.plan
         checker = self.checker
-        start, end = plan.channel_starts[channel], plan.channel_ends[channel]
-        name = self.conversation_ids[channel].decode()
+        sends = plan.conversation_sends[c]
+        name = self.conversation_ids[c].decode()
         for position, entry in enumerate(history):
-            m = start + position
-            if m >= end:
+            if position >= len(sends):
                 checker.fail(
-                    f"history of {name} has more than the {end - start} messages "
+                    f"history of {name} has more than the {len(sends)} messages "
                     f"sent; entry {position} is store seq {int(entry[0])}"
                 )
                 return False
+            s = sends[position]
             expected = (
-                checker.store_seqs[m],
-                self.user_ids[plan.message_sender[m]],
-                plan.payloads[m],
+                checker.store_seqs[s],
+                self.user_ids[plan.send_sender[s]],
+                plan.payloads[plan.send_message[s]],
             )
             got = (int(entry[0]), entry[1], entry[2])
             if got != expected:
@@ -472,11 +548,11 @@ class _Replay:
                     f"{format_payload(expected[2])}"
                 )
                 return False
-        if len(history) < end - start:
+        if len(history) < len(sends):
             checker.fail(
                 f"history of {name} has {len(history)} messages, expected "
-                f"{end - start}; the first missing is "
-                f"{checker.describe_message(start + len(history))}"
+                f"{len(sends)}; the first missing is "
+                f"{checker.describe_send(sends[len(history)])}"
             )
             return False
         return True
@@ -494,12 +570,15 @@ class _Replay:
     def _print_summary(self, send_seconds, total_seconds):
         plan = self.plan
         checker = self.checker
-        conversations = sum(
-            1 for s, e in zip(plan.channel_starts, plan.channel_ends) if e > s
+        conversations = sum(1 for sends in plan.conversation_sends if len(sends))
+        threads = sum(
+            1
+            for c, sends in enumerate(plan.conversation_sends)
+            if len(sends) and not plan.conversation_is_channel[c]
         )
         devices = len(plan.members) * self.args.devices_per_member
         received = checker.entries_received
-        send_rate = plan.message_count / max(send_seconds, 1e-9)
+        send_rate = plan.send_count / max(send_seconds, 1e-9)
         delivery_rate = received / max(total_seconds, 1e-9)
         send_latency = self.send_latencies
         delivery_latency = checker.delivery_latencies
@@ -509,12 +588,14 @@ class _Replay:
             f"{plan.system_lines} system lines skipped"
         )
         lines.append(
-            f"conversations: {conversations}, members: {len(plan.members)} "
+            f"conversations: {conversations} ({threads} threads), "
+            f"members: {len(plan.members)} "
             f"({plan.membership_count} joins), devices: {devices}"
         )
         lines.append(
-            f"sent: {plan.message_count} messages in {send_seconds:.2f} s "
-            f"({send_rate:,.0f} messages/s), send latency "
+            f"sent: {plan.send_count} sends in {send_seconds:.2f} s "
+            f"({send_rate:,.0f} sends/s, {self.retries} retried with the same "
+            f"client message id), send latency "
             f"p50 {percentile_ms(send_latency, 50):.2f} ms, "
             f"p99 {percentile_ms(send_latency, 99):.2f} ms"
         )
@@ -526,6 +607,7 @@ class _Replay:
             f"p99 {percentile_ms(delivery_latency, 99):.2f} ms "
             f"over {len(delivery_latency)} entries"
         )
+        lines.extend(self._cost_lines())
         lines.append(
             f"connections: {self.pool.opened} for online devices, "
             f"{DRAIN_CONNECTIONS} for the final catch-up"
@@ -544,6 +626,41 @@ class _Replay:
                 f"entries) match the input"
             )
         print("\n".join(lines))
+
+    def _cost_lines(self):
+        """Return the write and read cost of both fan-out paths from IM.STATS."""
+        before, after = self.stats_before, self.stats_after
+
+        def delta(name):
+            return after.get(name, 0) - before.get(name, 0)
+
+        def per(numerator, denominator):
+            return numerator / denominator if denominator else float("nan")
+
+        write_delivered = delta("delivered_write_fanout")
+        read_delivered = delta("delivered_read_fanout")
+        write_reads = delta("sync_entries_read") + delta(
+            "store_entries_read_write_fanout"
+        )
+        written = (
+            f"written: {delta('store_entries_written')} store entries "
+            f"({delta('store_bytes_written'):,} bytes), "
+            f"{delta('sync_entries_written')} sync references "
+            f"({delta('sync_bytes_written'):,} bytes), "
+            f"{delta('markers_written')} fan-out markers"
+        )
+        write_path = (
+            f"write fan-out path: {write_delivered} delivered, "
+            f"{per(write_reads, write_delivered):.2f} entries read per message "
+            f"({delta('sync_entries_read')} sync, "
+            f"{delta('store_entries_read_write_fanout')} store)"
+        )
+        read_path = (
+            f"read fan-out path: {read_delivered} delivered, "
+            f"{per(delta('store_entries_read_read_fanout'), read_delivered):.2f} "
+            "entries read per message (store entries only)"
+        )
+        return [written, write_path, read_path]
 
     def _exit_status(self):
         if self.checker.failures and not self.args.no_verify:

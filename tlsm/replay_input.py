@@ -2,15 +2,20 @@
 
 The input is a gzip-compressed file of JSON objects, one a line, in log order.
 Each object has at least ``channel``, ``kind`` and, for ``kind == "message"``,
-``sender`` and ``text``. Every other kind (join, part and rename lines written
-by the IRC server) is counted and skipped.
+``sender`` and ``text``; ``thread`` optionally names a reply thread. Every
+other kind (join, part and rename lines written by the IRC server) is
+counted and skipped, and its text is never read.
 
-The plan numbers messages from 0 in input order (the global message index).
-Each channel becomes one conversation and must occupy one contiguous block of
-messages, because the replay sends channels one after the other. A sender
-joins a conversation right before its first message there, so a member's
-expected sync stream is, per conversation it joined, the messages from its
-join on. With contiguous channels those are ranges of global message indices.
+Messages are numbered from 0 in input order (the message index). Each
+channel is one conversation and must occupy one contiguous block of lines,
+because the replay sends channels one after the other. With threads on,
+each thread is a conversation too, and a message of a thread is sent twice:
+to its channel and, right after, to its thread. Sends are numbered from 0
+in the order the replay issues them (the send index).
+
+A sender joins a conversation right before its first send there, so a
+member's expected stream in a conversation is that conversation's sends
+from the member's join on.
 """
 
 import array
@@ -23,25 +28,33 @@ from .errors import InvalidArgumentError
 
 @dataclass
 class ReplayPlan:
-    """Messages, conversations and members of one replay.
+    """Messages, sends, conversations and members of one replay.
 
-    ``channels[c]`` is the name of conversation index ``c`` and its messages
-    are the global indices ``channel_starts[c]`` to ``channel_ends[c] - 1``.
-    Per message ``m``: ``message_channel[m]`` is its conversation index,
-    ``message_sender[m]`` its member index, ``payloads[m]`` its UTF-8 text and
-    ``joins_before[m]`` is 1 when the sender joins right before it. Member
-    ``u`` is named ``members[u]`` and expects the messages in
-    ``member_ranges[u]``, a list of ``(start, end)`` global index ranges in
-    send order.
+    ``channels`` contains the channel names in input order; conversation index
+    ``c`` is named ``conversations[c]``, belongs to channel
+    ``conversation_channel[c]`` and is a channel itself when
+    ``conversation_is_channel[c]``. Its sends are ``conversation_sends[c]``,
+    an array of send indices in send order. Per send ``s``:
+    ``send_conversation[s]``, ``send_message[s]`` (message index),
+    ``send_sender[s]`` (member index) and ``joins_before[s]`` (1 when the
+    sender joins right before it). The sends of channel ``k`` are the send
+    indices ``channel_starts[k]`` to ``channel_ends[k] - 1``. Member ``u`` is
+    named ``members[u]`` and ``member_joins[u]`` lists its joins as
+    ``(conversation, position in conversation_sends)``.
     """
 
     channels: list = field(default_factory=list)
     channel_starts: list = field(default_factory=list)
     channel_ends: list = field(default_factory=list)
+    conversations: list = field(default_factory=list)
+    conversation_channel: list = field(default_factory=list)
+    conversation_is_channel: list = field(default_factory=list)
+    conversation_sends: list = field(default_factory=list)
     members: list = field(default_factory=list)
-    member_ranges: list = field(default_factory=list)
-    message_channel: array.array = field(default_factory=lambda: array.array("i"))
-    message_sender: array.array = field(default_factory=lambda: array.array("i"))
+    member_joins: list = field(default_factory=list)
+    send_conversation: array.array = field(default_factory=lambda: array.array("i"))
+    send_message: array.array = field(default_factory=lambda: array.array("i"))
+    send_sender: array.array = field(default_factory=lambda: array.array("i"))
     joins_before: bytearray = field(default_factory=bytearray)
     payloads: list = field(default_factory=list)
     events: int = 0
@@ -52,15 +65,24 @@ class ReplayPlan:
         return len(self.payloads)
 
     @property
+    def send_count(self):
+        return len(self.send_conversation)
+
+    @property
     def membership_count(self):
         """Number of (member, conversation) pairs, one IM.JOIN each."""
-        return sum(len(ranges) for ranges in self.member_ranges)
+        return sum(len(joins) for joins in self.member_joins)
+
+    def expected_count(self, member):
+        """Return the number of sends member ``member`` should receive."""
+        sends = self.conversation_sends
+        return sum(
+            len(sends[c]) - position for c, position in self.member_joins[member]
+        )
 
     def expected_entries(self):
-        """Return the number of sync entries the plan writes (one per member)."""
-        return sum(
-            end - start for ranges in self.member_ranges for start, end in ranges
-        )
+        """Return the number of deliveries the plan expects per device."""
+        return sum(self.expected_count(member) for member in range(len(self.members)))
 
 
 def _check_event(event, line_number):
@@ -84,16 +106,24 @@ def _check_event(event, line_number):
             )
     if not event["sender"]:
         raise InvalidArgumentError(f"input line {line_number}: sender is empty")
+    thread = event.get("thread")
+    if thread is not None and (not isinstance(thread, str) or not thread):
+        raise InvalidArgumentError(
+            f"input line {line_number}: field 'thread' must be null or a "
+            f"non-empty string, got {thread!r}"
+        )
 
 
 class _PlanBuilder:
     """Accumulates messages into a ReplayPlan, one event at a time."""
 
-    def __init__(self):
+    def __init__(self, threads):
         self.plan = ReplayPlan()
+        self.threads = threads
         self._member_index = {}
+        self._conversation_index = {}
         self._seen_channels = set()
-        # Members that joined the current channel so far.
+        # (member, conversation) pairs joined so far.
         self._joined = set()
 
     def add(self, event, line_number):
@@ -105,23 +135,55 @@ class _PlanBuilder:
         if event["kind"] != "message":
             plan.system_lines += 1
             return
-        message_index = len(plan.payloads)
-        sender = event["sender"]
+        message = len(plan.payloads)
+        plan.payloads.append(event["text"].encode("utf-8"))
+        member = self._member(event["sender"])
+        self._add_send(self._conversation(channel, True), member, message)
+        thread = event.get("thread")
+        if self.threads and thread is not None:
+            self._add_send(self._conversation(thread, False), member, message)
+        plan.channel_ends[-1] = plan.send_count
+
+    def _member(self, sender):
+        plan = self.plan
         member = self._member_index.get(sender)
         if member is None:
             member = len(plan.members)
             self._member_index[sender] = member
             plan.members.append(sender)
-            plan.member_ranges.append([])
-        joins = member not in self._joined
+            plan.member_joins.append([])
+        return member
+
+    def _conversation(self, name, is_channel):
+        plan = self.plan
+        index = self._conversation_index.get(name)
+        if index is None:
+            index = len(plan.conversations)
+            self._conversation_index[name] = index
+            plan.conversations.append(name)
+            plan.conversation_channel.append(len(plan.channels) - 1)
+            plan.conversation_is_channel.append(is_channel)
+            plan.conversation_sends.append(array.array("i"))
+        elif plan.conversation_channel[index] != len(plan.channels) - 1:
+            raise InvalidArgumentError(
+                f"conversation {name!r} continues in channel {plan.channels[-1]!r} "
+                f"after channel {plan.channels[plan.conversation_channel[index]]!r}; "
+                "the replay needs each thread inside one channel"
+            )
+        return index
+
+    def _add_send(self, conversation, member, message):
+        plan = self.plan
+        joins = (member, conversation) not in self._joined
+        sends = plan.conversation_sends[conversation]
         if joins:
-            self._joined.add(member)
-            plan.member_ranges[member].append([message_index, None])
-        plan.message_channel.append(len(plan.channels) - 1)
-        plan.message_sender.append(member)
+            self._joined.add((member, conversation))
+            plan.member_joins[member].append((conversation, len(sends)))
+        sends.append(plan.send_count)
+        plan.send_conversation.append(conversation)
+        plan.send_message.append(message)
+        plan.send_sender.append(member)
         plan.joins_before.append(1 if joins else 0)
-        plan.payloads.append(event["text"].encode("utf-8"))
-        plan.channel_ends[-1] = message_index + 1
 
     def _start_channel(self, channel, line_number):
         if channel in self._seen_channels:
@@ -130,43 +192,30 @@ class _PlanBuilder:
                 f"after channel {self.plan.channels[-1]!r}; the replay needs "
                 f"each channel's events in one contiguous block"
             )
-        self._close_channel()
         self._seen_channels.add(channel)
         self.plan.channels.append(channel)
-        start = len(self.plan.payloads)
+        start = self.plan.send_count
         self.plan.channel_starts.append(start)
         self.plan.channel_ends.append(start)
-        self._joined = set()
-
-    def _close_channel(self):
-        if not self.plan.channels:
-            return
-        end = self.plan.channel_ends[-1]
-        for member in self._joined:
-            self.plan.member_ranges[member][-1][1] = end
 
     def finish(self):
-        self._close_channel()
-        plan = self.plan
-        plan.member_ranges = [
-            [(start, end) for start, end in ranges] for ranges in plan.member_ranges
-        ]
         # A channel whose lines were all system lines sends nothing; it stays
         # in the plan with an empty range so indices remain stable.
-        return plan
+        return self.plan
 
 
-def load_plan(path, limit=None):
+def load_plan(path, limit=None, threads=False):
     """Read a gzip-compressed JSON-lines chat log into a ReplayPlan.
 
     The file is streamed line by line. ``limit`` keeps only the first
-    ``limit`` messages (system lines before the cut are still counted).
-    Raises InvalidArgumentError for malformed lines or non-contiguous
-    channels, and OSError when the file cannot be read.
+    ``limit`` messages (system lines before the cut are still counted), and
+    ``threads`` makes each reply thread a conversation too. Raises
+    InvalidArgumentError for malformed lines or non-contiguous channels,
+    and OSError when the file cannot be read.
     """
     if limit is not None and limit < 0:
         raise InvalidArgumentError(f"limit must be at least 0, got {limit}")
-    builder = _PlanBuilder()
+    builder = _PlanBuilder(threads)
     with gzip.open(path, "rt", encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):
             if limit is not None and builder.plan.message_count >= limit:

@@ -38,7 +38,12 @@ import time
 from . import commands, reply
 from .commands import CloseAfterReply, CommandError
 from .errors import InvalidArgumentError, ProtocolError
-from .im import ImLayer
+from .im import (
+    DEFAULT_FANOUT_THRESHOLD,
+    DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+    DEFAULT_SYNC_TTL_SECONDS,
+    ImLayer,
+)
 from .keys import DEFAULT_MAX_PAYLOAD_BYTES
 from .resp import RespParser
 
@@ -72,6 +77,9 @@ class ServerConfig:
         max_input_bytes=DEFAULT_MAX_INPUT_BYTES,
         max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES,
         sync_interval_ms=100,
+        sync_ttl_seconds=DEFAULT_SYNC_TTL_SECONDS,
+        idempotency_window_seconds=DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+        fanout_threshold=DEFAULT_FANOUT_THRESHOLD,
     ):
         self.host = host
         self.port = port
@@ -81,6 +89,9 @@ class ServerConfig:
         self.max_payload_bytes = max_payload_bytes
         self.max_input_bytes = max_input_bytes
         self.max_output_bytes = max_output_bytes
+        self.sync_ttl_seconds = sync_ttl_seconds
+        self.idempotency_window_seconds = idempotency_window_seconds
+        self.fanout_threshold = fanout_threshold
 
 
 def server_version():
@@ -91,13 +102,18 @@ def server_version():
 
 
 class _Wait:
-    """A registered BlockingRead of one connection."""
+    """A registered BlockingRead of one connection.
 
-    __slots__ = ("conn", "done", "request", "timer")
+    keys are the wake keys it is registered under; a read may change its
+    request's timeline_ids, and the server then registers it again.
+    """
+
+    __slots__ = ("conn", "done", "keys", "request", "timer")
 
     def __init__(self, conn, request):
         self.conn = conn
         self.request = request
+        self.keys = frozenset(request.timeline_ids)
         self.timer = None
         self.done = False
 
@@ -107,7 +123,13 @@ class Server:
 
     def __init__(self, db, config):
         self.db = db
-        self.im = ImLayer(db, config.max_payload_bytes)
+        self.im = ImLayer(
+            db,
+            config.max_payload_bytes,
+            sync_ttl=config.sync_ttl_seconds,
+            idempotency_window=config.idempotency_window_seconds,
+            fanout_threshold=config.fanout_threshold,
+        )
         self.config = config
         self.version = server_version()
         self.port = None
@@ -119,7 +141,9 @@ class Server:
         self._next_client_id = 1
         self._listener = None
         self._loop = None
-        self._waits = {}  # timeline id (bytes) -> set of _Wait
+        # Wake key -> set of _Wait. A key is a timeline id (bytes) of the
+        # default table, or (table name, timeline id) for IM tables.
+        self._waits = {}
         self._ready = set()  # waits whose timelines were written
         self._retry_scheduled = False
         self._stopped = None
@@ -172,7 +196,7 @@ class Server:
     def start_wait(self, conn, request, arrival):
         """Register request (a BlockingRead) of conn; return its _Wait."""
         wait = _Wait(conn, request)
-        for timeline_id in request.timeline_ids:
+        for timeline_id in wait.keys:
             self._waits.setdefault(timeline_id, set()).add(wait)
         if request.timeout is not None:
             # The deadline counts from the request's arrival, and no write
@@ -211,6 +235,24 @@ class Server:
                 result = self._internal_error("blocked read", exc)
             if result is not None:
                 self.finish_wait(wait, result)
+            elif wait.keys != wait.request.timeline_ids:
+                self._watch_again(wait)
+
+    def _watch_again(self, wait):
+        """Move wait to the wake keys its last read asked for."""
+        keys = frozenset(wait.request.timeline_ids)
+        for timeline_id in wait.keys - keys:
+            self._unwatch(wait, timeline_id)
+        for timeline_id in keys - wait.keys:
+            self._waits.setdefault(timeline_id, set()).add(wait)
+        wait.keys = keys
+
+    def _unwatch(self, wait, timeline_id):
+        waits = self._waits.get(timeline_id)
+        if waits is not None:
+            waits.discard(wait)
+            if not waits:
+                del self._waits[timeline_id]
 
     def _expire(self, wait):
         wait.timer = None
@@ -225,12 +267,8 @@ class Server:
         if wait.timer is not None:
             wait.timer.cancel()
             wait.timer = None
-        for timeline_id in wait.request.timeline_ids:
-            waits = self._waits.get(timeline_id)
-            if waits is not None:
-                waits.discard(wait)
-                if not waits:
-                    del self._waits[timeline_id]
+        for timeline_id in wait.keys:
+            self._unwatch(wait, timeline_id)
 
     def finish_wait(self, wait, result):
         """Send result as the single reply of wait and resume its connection."""
