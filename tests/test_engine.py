@@ -157,3 +157,19 @@ def test_stats_report_levels_and_amplification(db):
     assert stats["flushes"] >= 3
     assert sum(level["files"] for level in stats["levels"]) >= 1
     assert stats["write_amplification"] > 1.0
+
+
+def test_level_zero_bounded_by_stall(tmp_path):
+    with tlsm.open(
+        tmp_path / "db", memtable_bytes=4096, level_fanout=2, l0_stop_files=2
+    ) as db:
+        for i in range(3000):
+            db.append("t%d" % (i % 7), b"z" * 60)
+            assert len(db._manifest.levels[0]) <= 2
+        assert db.stats()["flushes"] > 20
+        assert [seq for seq, _ in db.scan("t3")] == list(range(1, 430))
+
+
+def test_stop_below_fanout_is_rejected(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="l0_stop_files=2 must be >= level_fanout=4"):
+        tlsm.open(tmp_path / "db", l0_stop_files=2)

@@ -69,6 +69,7 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
       block_cache_bytes: bound of the decoded-block cache (64 MiB).
       compression: LZ4 per block, kept only when it saves 1/8 or more (True).
       level_fanout: tables per level that trigger a merge into the next (4).
+      l0_stop_files: level-0 tables at which writers wait for compaction (12).
       max_payload_bytes: largest payload accepted (4 MiB).
       max_batch_bytes: largest append_batch, ids and payloads summed (64 MiB).
       create_if_missing: create the directory when absent (True).

@@ -65,6 +65,7 @@ DEFAULT_OPTIONS = {
     "block_cache_bytes": 64 * 1024 * 1024,
     "compression": True,
     "level_fanout": 4,
+    "l0_stop_files": 12,
     "expiry_check_seconds": 60.0,
     "max_payload_bytes": keys.DEFAULT_MAX_PAYLOAD_BYTES,
     "max_batch_bytes": 64 * 1024 * 1024,
@@ -111,12 +112,19 @@ def _check_options(options):
         ("max_payload_bytes", 1),
         ("max_batch_bytes", 1),
         ("sync_interval_ms", 1),
+        ("l0_stop_files", 2),
     ):
         value = merged[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise InvalidArgumentError(
                 f"option {name}={value!r} must be an int >= {low}"
             )
+    if merged["l0_stop_files"] < merged["level_fanout"]:
+        # Level 0 compacts at level_fanout tables; a lower stop would wait forever.
+        raise InvalidArgumentError(
+            f"option l0_stop_files={merged['l0_stop_files']} must be >= "
+            f"level_fanout={merged['level_fanout']}"
+        )
     if merged["max_payload_bytes"] > keys.MAX_PAYLOAD_BYTES_LIMIT:
         raise InvalidArgumentError(
             f"option max_payload_bytes={merged['max_payload_bytes']} is above the "
@@ -175,6 +183,7 @@ class DB(ReadMixin, MaintenanceMixin):
             0,
         )
         self._stats["stall_seconds"] = 0.0
+        self._stats["stalls"] = 0
         self._lock_token = None
         self._fast = FastWriter(
             self._write_lock,
@@ -557,13 +566,21 @@ class DB(ReadMixin, MaintenanceMixin):
     def _make_room(self):
         if self._active.approximate_bytes < self._options["memtable_bytes"]:
             return
+        # Two stalls bound what writers can pile up: one memtable being
+        # flushed at a time, and at most l0_stop_files level-0 tables (each
+        # read consults every one of them) until compaction merges them.
+        # Both end when background work progresses, or raise if it failed.
         started = None
+        stop_files = self._options["l0_stop_files"]
+        levels = self._manifest.levels
         with self._work:
-            while self._immutable is not None:
+            while self._immutable is not None or len(levels[0]) >= stop_files:
                 if started is None:
                     started = time.monotonic()
+                    self._stats["stalls"] += 1
                 if self._background_error is not None:
                     self._check_writable()
+                self._work.notify_all()
                 self._work.wait(0.1)
         if started is not None:
             self._stats["stall_seconds"] += time.monotonic() - started
