@@ -156,6 +156,13 @@ def add_arguments(parser):
         "check both replies agree; 0 turns retries off (default: 1000)",
     )
     parser.add_argument(
+        "--ack-log",
+        metavar="PATH",
+        help="write one line per acknowledged IM.SEND (send number and store seq, "
+        "tab-separated) to PATH as each reply arrives, so a crash test can check "
+        "what the server acknowledged",
+    )
+    parser.add_argument(
         "--no-verify",
         action="store_true",
         help="skip comparing entries and histories with the input",
@@ -230,6 +237,10 @@ class _Replay:
         self.replied = 0
         self.retries = 0
         self.stats_before = {}
+        # Line-buffered, so each acknowledged send is on disk before the next.
+        self.ack_log = (
+            open(args.ack_log, "w", buffering=1) if args.ack_log else None  # noqa: SIM115
+        )
         self.stats_after = {}
         self.send_latencies = array.array("d")
         # First reason to stop the replay, and its exit status.
@@ -275,6 +286,8 @@ class _Replay:
             self._show_progress(progress)
             progress.close()
             self.pool.close()
+            if self.ack_log is not None:
+                self.ack_log.close()
         self.stats_after = _stats_map(await sender.call("IM.STATS"))
         if not args.no_verify:
             await self._verify_histories(sender)
@@ -349,6 +362,8 @@ class _Replay:
             self.all_replied.set()
             return
         self.send_latencies.append(now - self.checker.send_times[s])
+        if self.ack_log is not None:
+            self.ack_log.write(f"{s}\t{reply}\n")
         self.checker.agree_store_seq(s, reply, "the IM.SEND reply")
         self._check_store_order(s, reply)
         self.replied += 1
