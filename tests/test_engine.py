@@ -173,3 +173,21 @@ def test_level_zero_bounded_by_stall(tmp_path):
 def test_stop_below_fanout_is_rejected(tmp_path):
     with pytest.raises(InvalidArgumentError, match="l0_stop_files=2 must be >= level_fanout=4"):
         tlsm.open(tmp_path / "db", l0_stop_files=2)
+
+
+def test_sync_flag_must_be_boolean(db):
+    with pytest.raises(InvalidArgumentError, match="sync must be None, True or False"):
+        db.append("t", b"x", sync="none")
+    assert db.last_seq("t") == 0
+
+
+def test_unencodable_timeline_id_rejected(db):
+    with pytest.raises(InvalidArgumentError, match="not encodable as UTF-8"):
+        db.append("\ud800", b"x")
+
+
+def test_malformed_batch_entries_rejected(db):
+    with pytest.raises(InvalidArgumentError, match="pair"):
+        db.append_batch([("a",)])
+    with pytest.raises(InvalidArgumentError, match="pairs"):
+        db.append_batch("ab")

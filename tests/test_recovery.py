@@ -105,19 +105,61 @@ def test_zero_filled_tail_is_dropped(tmp_path, caplog):
     assert any("zero-filled" in r.message for r in caplog.records)
 
 
-def test_corrupt_record_keeps_prefix(tmp_path):
+def _damage_record(log_path, index):
+    """Flip the last byte of record number index; return that record's offset."""
+    data = bytearray(log_path.read_bytes())
+    pos = 0
+    for _ in range(index):
+        pos += 8 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+    end = pos + 8 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+    data[end - 1] ^= 0xFF
+    log_path.write_bytes(bytes(data))
+    return pos
+
+
+def test_mid_log_damage_refuses_open(tmp_path):
     acked = _acknowledged(_crash_after(tmp_path, 30))
     (log_name,) = _logs(tmp_path)
-    log_path = tmp_path / log_name
-    data = bytearray(log_path.read_bytes())
-    middle = len(data) // 2
-    data[middle] ^= 0xFF
-    log_path.write_bytes(bytes(data))
-    with tlsm.open(tmp_path) as db:
+    offset = _damage_record(tmp_path / log_name, 10)
+    with pytest.raises(CorruptionError, match="followed by intact records") as info:
+        tlsm.open(tmp_path)
+    assert info.value.offset == offset
+    # Nothing was dropped or deleted: point-in-time recovery still finds the prefix.
+    with tlsm.open(tmp_path, wal_recovery="point_in_time") as db:
         kept = [key for key, payload in acked.items() if db.get(*key) == payload]
         assert 0 < len(kept) < len(acked)
-        # Recovery keeps a prefix: whatever survived is the earliest writes.
         assert db.stats()["recovery_dropped_bytes"] > 0
+
+
+def test_damaged_last_record_is_a_torn_tail(tmp_path):
+    lines = _crash_after(tmp_path, 30)
+    acked = _acknowledged(lines)
+    (log_name,) = _logs(tmp_path)
+    _damage_record(tmp_path / log_name, 29)
+    with tlsm.open(tmp_path) as db:
+        kept = [key for key, payload in acked.items() if db.get(*key) == payload]
+        assert len(kept) == len(acked) - (3 if "B" in lines[-1].split()[0] else 1)
+
+
+def test_missing_manifest_refuses_open(tmp_path):
+    with tlsm.open(tmp_path, memtable_bytes=8192) as db:
+        for i in range(500):
+            db.append("t", b"x" * 40)
+    os.remove(tmp_path / "MANIFEST")
+    tables = sorted(n for n in os.listdir(tmp_path) if n.endswith(".sst"))
+    with pytest.raises(CorruptionError, match="MANIFEST is missing but .* table files"):
+        tlsm.open(tmp_path)
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".sst")) == tables
+
+
+def test_missing_unflushed_log_is_warned(tmp_path, caplog):
+    _crash_after(tmp_path, 30)
+    (log_name,) = _logs(tmp_path)
+    os.remove(tmp_path / log_name)
+    caplog.set_level(logging.WARNING)
+    with tlsm.open(tmp_path):
+        pass
+    assert any("is missing" in r.message and log_name in r.message for r in caplog.records)
 
 
 @pytest.mark.parametrize("sync", ["none", "always"])

@@ -229,3 +229,68 @@ def test_restart_with_sync_periodic(tmp_path):
         assert server.client().execute_command("TL.GET", "p", 1) == b"kept"
     finally:
         server.stop()
+
+
+def test_damaged_table_gets_corruption_reply(tmp_path):
+    import os
+
+    from conftest import ServerProcess
+
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        client = server.client()
+        pipe = client.pipeline(transaction=False)
+        for index in range(500):
+            pipe.execute_command("TL.APPEND", "damaged", b"x" * 100)
+        pipe.execute()
+        assert server.terminate() == 0
+        (table,) = [n for n in os.listdir(server.data_dir) if n.endswith(".sst")]
+        data = bytearray((server.data_dir / table).read_bytes())
+        data[50] ^= 0xFF
+        (server.data_dir / table).write_bytes(bytes(data))
+        server.restart()
+        client = server.client()
+        with pytest.raises(redis.ResponseError, match="^CORRUPTION .*checksum mismatch"):
+            client.execute_command("TL.RANGE", "damaged", "-", "+")
+        assert client.execute_command("PING") is True
+        assert "internal error" not in server.log_text()
+    finally:
+        server.stop()
+
+
+def test_http_request_closes_connection(shared_server):
+    with socket.create_connection(("127.0.0.1", shared_server.port)) as sock:
+        sock.settimeout(HANG_LIMIT_SECONDS)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: example\r\n\r\n")
+        assert recv_until_closed(sock) == b""
+    assert shared_server.client().execute_command("PING") is True
+
+
+def test_mid_log_damage_needs_point_in_time_flag(tmp_path):
+    import os
+
+    from conftest import ServerProcess
+
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    server.start()
+    try:
+        client = server.client()
+        for index in range(40):
+            client.execute_command("TL.APPEND", "w", b"v%d" % index)
+        assert server.kill() == -signal.SIGKILL
+        (log_name,) = [n for n in os.listdir(server.data_dir) if n.endswith(".log")]
+        path = server.data_dir / log_name
+        data = bytearray(path.read_bytes())
+        length = int.from_bytes(data[4:8], "little")
+        data[8 + length - 1] ^= 0xFF  # last byte of the first record
+        path.write_bytes(bytes(data))
+        server.process = None
+        with pytest.raises(Exception):
+            server.start()
+        assert "followed by intact records" in server.log_text()
+        server.extra_args = ["--wal-recovery", "point_in_time"]
+        server.start()
+        assert server.client().execute_command("TL.LAST", "w") == 0
+    finally:
+        server.stop()

@@ -68,3 +68,58 @@ def test_crash_loop_short_run(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok: 3 rounds" in result.stdout
+
+
+def test_repair_refuses_open_directory(tmp_path):
+    _fill(tmp_path)
+    os.remove(tmp_path / "MANIFEST")
+    (tmp_path / "MANIFEST").write_bytes(b"garbage")
+    from tlsm.fs import OsFileSystem
+
+    fs = OsFileSystem()
+    token = fs.lock(str(tmp_path / "LOCK"))
+    try:
+        result = _tool("repair_manifest.py", tmp_path)
+    finally:
+        fs.unlock(token)
+    assert result.returncode == 2
+    assert "locked" in result.stdout
+    assert (tmp_path / "MANIFEST").read_bytes() == b"garbage"
+
+
+def test_repair_leaves_readable_manifest(tmp_path):
+    _fill(tmp_path)
+    before = (tmp_path / "MANIFEST").read_bytes()
+    result = _tool("repair_manifest.py", tmp_path)
+    assert result.returncode == 0
+    assert "nothing to repair" in result.stdout
+    assert (tmp_path / "MANIFEST").read_bytes() == before
+
+
+def test_repair_salvages_intact_blocks(tmp_path):
+    with tlsm.open(tmp_path, compression=False, memtable_bytes=1 << 20) as db:
+        for i in range(2000):
+            db.append("t%d" % (i % 4), b"v%05d" % i + b"." * 60)
+    (table,) = [n for n in os.listdir(tmp_path) if n.endswith(".sst")]
+    data = bytearray((tmp_path / table).read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / table).write_bytes(bytes(data))
+    os.remove(tmp_path / "MANIFEST")
+    result = _tool("repair_manifest.py", tmp_path)
+    assert result.returncode == 1
+    assert "salvaged" in result.stdout
+    assert (tmp_path / "lost" / table).exists()
+    with tlsm.open(tmp_path) as db:
+        survivors = sum(len(list(db.scan("t%d" % i))) for i in range(4))
+        assert 1900 < survivors < 2000
+        assert db.last_seq("t0") == 500
+        assert db.append("t0", b"next") == 501
+
+
+def test_inspect_reports_damaged_manifest(tmp_path):
+    _fill(tmp_path)
+    (tmp_path / "MANIFEST").write_bytes(b"tlsm-manifest 1 00000000\n{}")
+    result = _tool("inspect_data.py", tmp_path)
+    assert result.returncode == 1
+    assert "DAMAGED MANIFEST" in result.stdout
+    assert "repair_manifest.py" in result.stdout

@@ -73,6 +73,13 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
       max_payload_bytes: largest payload accepted (4 MiB).
       max_batch_bytes: largest append_batch, ids and payloads summed (64 MiB).
       create_if_missing: create the directory when absent (True).
+      wal_recovery: what open does with a damaged log record.
+        "tolerate_tail" (default): a damaged tail (the end of the last log,
+          torn by a crash) is cut off and logged; damage followed by intact
+          records raises CorruptionError, because cutting there would drop
+          acknowledged writes.
+        "point_in_time": keep every record before the first damaged one,
+          drop the rest, and log what was dropped.
 
     Raises StorageIOError when another process has the directory open,
     CorruptionError when the manifest or a table is damaged, and

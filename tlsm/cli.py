@@ -16,22 +16,29 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
+def _integer(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
 def _port(text):
-    value = int(text)
+    value = _integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
     return value
 
 
 def _positive(text):
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _payload_limit(text):
-    value = int(text)
+    value = _integer(text)
     if not 1 <= value <= MAX_PAYLOAD_BYTES_LIMIT:
         raise argparse.ArgumentTypeError(
             f"must be in 1..{MAX_PAYLOAD_BYTES_LIMIT} bytes, got {value}"
@@ -88,6 +95,15 @@ def build_parser():
         "power loss loses at most that much; always: replies wait for an fsync "
         "shared by all writes of one event-loop pass, which survives a power "
         "loss (default: none)",
+    )
+    serve.add_argument(
+        "--wal-recovery",
+        choices=("tolerate_tail", "point_in_time"),
+        default="tolerate_tail",
+        help="tolerate_tail: at start, cut a log tail torn by a crash but refuse "
+        "to start when intact records follow damage; point_in_time: keep the "
+        "records before the first damaged one and drop the rest "
+        "(default: tolerate_tail)",
     )
     serve.add_argument(
         "--sync-interval-ms",
@@ -174,6 +190,7 @@ def main(argv=None):
             data_dir=args.data,
             sync=args.sync,
             sync_interval_ms=args.sync_interval_ms,
+            wal_recovery=args.wal_recovery,
             max_payload_bytes=args.max_payload_bytes,
             max_input_bytes=args.max_input_bytes,
             max_output_bytes=args.max_output_bytes,

@@ -43,19 +43,23 @@ import time
 from . import keys
 from . import tombstones as tomb
 from .compaction import MaintenanceMixin
-from .errors import ClosedError, InvalidArgumentError, StorageIOError
+from .errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
 from .fs import OsFileSystem
 from .manifest import Manifest, log_file_name, table_file_name
 from .memtable import Memtable
 from .reads import ReadMixin
 from .sstable import BlockCache, SSTable
-from .table import OP_APPEND, Table, WriteBatch, check_ttl
+from .table import OP_APPEND, Table, WriteBatch, check_sync_flag, check_ttl
 from .wal import LogWriter, encode_batch, read_log
 from .writer import FastWriter
 
 log = logging.getLogger(__name__)
 
 SYNC_MODES = ("none", "periodic", "always", "group")
+# tolerate_tail: cut a damaged log tail, but refuse to open when intact
+# records follow damage, since dropping them would lose acknowledged writes.
+# point_in_time: keep everything before the first damaged record, drop the rest.
+WAL_RECOVERY_MODES = ("tolerate_tail", "point_in_time")
 
 DEFAULT_OPTIONS = {
     "sync": "none",
@@ -70,6 +74,7 @@ DEFAULT_OPTIONS = {
     "max_payload_bytes": keys.DEFAULT_MAX_PAYLOAD_BYTES,
     "max_batch_bytes": 64 * 1024 * 1024,
     "create_if_missing": True,
+    "wal_recovery": "tolerate_tail",
     "clock": None,
     "fs": None,
 }
@@ -100,6 +105,11 @@ def _check_options(options):
             f"valid options: {', '.join(sorted(DEFAULT_OPTIONS))}"
         )
     merged = dict(DEFAULT_OPTIONS, **options)
+    if merged["wal_recovery"] not in WAL_RECOVERY_MODES:
+        raise InvalidArgumentError(
+            f"wal_recovery={merged['wal_recovery']!r} is invalid; use one of "
+            f"{', '.join(WAL_RECOVERY_MODES)}"
+        )
     if merged["sync"] not in SYNC_MODES:
         raise InvalidArgumentError(
             f"sync={merged['sync']!r} is invalid; use one of {', '.join(SYNC_MODES)}"
@@ -246,12 +256,29 @@ class DB(ReadMixin, MaintenanceMixin):
     def _recover(self):
         fs = self._fs
         started = time.monotonic()
-        manifest = Manifest.load(fs, self.path) or Manifest()
+        manifest = Manifest.load(fs, self.path)
         numbers = {"log": [], "sst": []}
         for name in fs.listdir(self.path):
             match = _FILE_NAME.match(name)
             if match:
                 numbers[match.group(2)].append(int(match.group(1)))
+        if manifest is None and numbers["sst"]:
+            # Opening as a new database would delete every table as unlisted.
+            raise CorruptionError(
+                f"{self.path}: MANIFEST is missing but {len(numbers['sst'])} table "
+                "files exist; rebuild it with python tools/repair_manifest.py "
+                f"{self.path}",
+                os.path.join(self.path, "MANIFEST"),
+            )
+        if manifest is None:
+            manifest = Manifest()
+        elif manifest.log_number and manifest.log_number not in numbers["log"]:
+            log.warning(
+                "%s: log %s, which the manifest lists as not yet flushed, is "
+                "missing; writes acknowledged since the last flush are lost",
+                self.path,
+                log_file_name(manifest.log_number),
+            )
         highest = max(numbers["log"] + numbers["sst"], default=0)
         # A log created after the last manifest save has a number the saved
         # next_file_number does not cover; never hand that number out again.
@@ -310,8 +337,20 @@ class DB(ReadMixin, MaintenanceMixin):
 
     def _replay_logs(self, log_numbers):
         recovered = Memtable(0)
-        for number in log_numbers:
+        tolerate_tail = self._options["wal_recovery"] == "tolerate_tail"
+        for index, number in enumerate(log_numbers):
             result = read_log(self._fs, os.path.join(self.path, log_file_name(number)))
+            is_last = index == len(log_numbers) - 1
+            if tolerate_tail and result.dropped_bytes and (result.intact_after or not is_last):
+                raise CorruptionError(
+                    f"{result.path}: damaged record at offset {result.valid_bytes} "
+                    f"({result.reason}) is followed by intact records, so it is not a "
+                    "torn tail; opening would drop acknowledged writes. Open with "
+                    "wal_recovery='point_in_time' (tlsm serve --wal-recovery "
+                    "point_in_time) to keep the records before it and drop the rest",
+                    result.path,
+                    result.valid_bytes,
+                )
             self._stats["recovery_dropped_bytes"] += result.dropped_bytes
             for batch in result.batches:
                 for key, seq, kind, expires_at, value in batch:
@@ -473,6 +512,7 @@ class DB(ReadMixin, MaintenanceMixin):
             )
 
     def _write(self, ops, sync):
+        check_sync_flag(sync)
         if not ops:
             return []
         with self._write_lock:
@@ -610,11 +650,12 @@ class DB(ReadMixin, MaintenanceMixin):
         """Make every write acknowledged so far durable against power loss.
 
         Costs one fdatasync of the log when it has unsynced records, and
-        nothing otherwise. Safe to call from any thread.
+        nothing otherwise; returns True when it ran one. Safe to call from
+        any thread.
         """
         if self._closed:
             raise ClosedError(f"database {self.path} is closed")
-        self._log.sync()
+        return self._log.sync()
 
     def _periodic_sync_loop(self):
         interval = self._options["sync_interval_ms"] / 1000

@@ -352,7 +352,8 @@ class OsFileSystem:
         except OSError as exc:
             os.close(fd)
             raise StorageIOError(
-                f"{path} is locked: another process has this data directory open"
+                f"{path} is locked: another open database, in this process or "
+                "another, uses this data directory"
             ) from exc
         return fd
 

@@ -40,7 +40,12 @@ def encode_timeline_id(timeline_id):
     (encoded as UTF-8) or bytes of at most MAX_TIMELINE_ID_BYTES.
     """
     if isinstance(timeline_id, str):
-        encoded = timeline_id.encode("utf-8")
+        try:
+            encoded = timeline_id.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgumentError(
+                f"timeline_id {timeline_id[:40]!r} is not encodable as UTF-8 ({exc.reason})"
+            ) from None
     elif isinstance(timeline_id, (bytes, bytearray, memoryview)):
         encoded = bytes(timeline_id)
     else:

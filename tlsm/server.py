@@ -37,7 +37,7 @@ import time
 
 from . import commands, reply
 from .commands import CloseAfterReply, CommandError
-from .errors import InvalidArgumentError, ProtocolError
+from .errors import CorruptionError, InvalidArgumentError, ProtocolError, StorageIOError
 from .im import (
     DEFAULT_FANOUT_THRESHOLD,
     DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
@@ -64,6 +64,9 @@ DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024 * 1024
 SHUTDOWN_FLUSH_SECONDS = 5.0
 
 
+# First words of an HTTP POST request; such a connection is closed unanswered.
+_HTTP_WORDS = frozenset((b"post", b"host:"))
+
 class ServerConfig:
     """Settings of one server; every field has the `tlsm serve` default."""
 
@@ -77,6 +80,7 @@ class ServerConfig:
         max_input_bytes=DEFAULT_MAX_INPUT_BYTES,
         max_output_bytes=DEFAULT_MAX_OUTPUT_BYTES,
         sync_interval_ms=100,
+        wal_recovery="tolerate_tail",
         sync_ttl_seconds=DEFAULT_SYNC_TTL_SECONDS,
         idempotency_window_seconds=DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
         fanout_threshold=DEFAULT_FANOUT_THRESHOLD,
@@ -86,6 +90,7 @@ class ServerConfig:
         self.data_dir = data_dir
         self.sync = sync
         self.sync_interval_ms = sync_interval_ms
+        self.wal_recovery = wal_recovery
         self.max_payload_bytes = max_payload_bytes
         self.max_input_bytes = max_input_bytes
         self.max_output_bytes = max_output_bytes
@@ -152,6 +157,8 @@ class Server:
         self.group_commit = config.sync == "always"
         self._held_replies = []
         self.group_commits = 0
+        self.group_fsyncs = 0
+        self._storage_warned = {}
 
     async def start(self):
         """Listen on config.host:config.port; port 0 picks a free port."""
@@ -173,7 +180,8 @@ class Server:
         held, self._held_replies = self._held_replies, []
         self.group_commits += 1
         try:
-            self.db.sync()
+            if self.db.sync():
+                self.group_fsyncs += 1
         except Exception as exc:  # noqa: BLE001 - clients must learn of it
             log.error("group fsync failed, closing %d connections: %s", len(held), exc)
             for conn, _ in held:
@@ -278,6 +286,19 @@ class Server:
     def blocked_clients(self):
         return sum(1 for conn in self.connections.values() if conn.wait is not None)
 
+    def storage_error(self, name, exc):
+        """Reply to a command that hit a damaged file or a failing disk.
+
+        These are not server bugs: the reply names the file and offset, and
+        the log gets one WARNING per kind of error every 10 seconds.
+        """
+        code = "CORRUPTION" if isinstance(exc, CorruptionError) else "IOERR"
+        now = time.monotonic()
+        if now - self._storage_warned.get(code, -1e9) >= 10:
+            self._storage_warned[code] = now
+            log.warning("command %s failed on storage: %s", name, exc)
+        return reply.error(f"{code} {exc}")
+
     def _internal_error(self, name, exc):
         log.error("command %s failed: %r", name, exc, exc_info=exc)
         return reply.error(f"ERR internal error in {name}: {exc!r}")
@@ -304,6 +325,7 @@ class Server:
                 "total_connections_received": self.total_connections,
                 "total_commands_processed": self.total_commands,
                 "group_commits": self.group_commits,
+                "group_fsyncs": self.group_fsyncs,
             },
             "persistence": {
                 "data_dir": os.path.abspath(config.data_dir),
@@ -485,6 +507,15 @@ class Connection(asyncio.Protocol):
         self.server.total_commands += 1
         spec = commands.COMMANDS.get(args[0].lower())
         if spec is None:
+            if args[0].lower() in _HTTP_WORDS:
+                # An HTTP request (perhaps a browser tricked into posting to
+                # this port) is not a Redis client: stop reading at once.
+                log.warning(
+                    "client %d (%s) sent an HTTP request line; closing the connection",
+                    self.client_id,
+                    self.peer,
+                )
+                return CloseAfterReply(b"")
             return self._unknown_command(args)
         arity = spec.arity
         count = len(args)
@@ -496,6 +527,8 @@ class Connection(asyncio.Protocol):
             return reply.error(str(exc))
         except InvalidArgumentError as exc:
             return reply.error(f"ERR {exc}")
+        except (CorruptionError, StorageIOError) as exc:
+            return self.server.storage_error(spec.name, exc)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the server
             return self.server._internal_error(spec.name, exc)
 
@@ -661,6 +694,9 @@ def run(config):
     """
     import tlsm
 
+    if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
+        log.error("cannot open data dir %s: it is a file, not a directory", config.data_dir)
+        return 1
     try:
         os.makedirs(config.data_dir, exist_ok=True)
         # With "always", the server itself fsyncs once per event-loop pass
@@ -669,6 +705,7 @@ def run(config):
             config.data_dir,
             sync="group" if config.sync == "always" else config.sync,
             sync_interval_ms=config.sync_interval_ms,
+            wal_recovery=config.wal_recovery,
             max_payload_bytes=config.max_payload_bytes,
         )
     except (OSError, tlsm.TlsmError) as exc:

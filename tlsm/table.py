@@ -29,6 +29,27 @@ def check_ttl(ttl):
     return float(ttl)
 
 
+def _pairs(entries):
+    """Yield (timeline_id, payload) from entries, rejecting anything else."""
+    if isinstance(entries, (str, bytes)):
+        raise InvalidArgumentError("entries must be a list of (timeline_id, payload) pairs")
+    for entry in entries:
+        if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+            raise InvalidArgumentError(
+                f"each entry must be a (timeline_id, payload) pair, not {entry!r:.60}"
+            )
+        yield entry
+
+
+def check_sync_flag(sync):
+    """Raise InvalidArgumentError unless sync is None, True or False."""
+    if sync is not None and sync is not True and sync is not False:
+        raise InvalidArgumentError(
+            f"sync must be None, True or False, not {sync!r}; the durability "
+            "mode is the sync option of tlsm.open"
+        )
+
+
 class Table:
     """A named key space of timelines with its own default TTL.
 
@@ -93,7 +114,7 @@ class Table:
     def _append_batch_general(self, entries, ttl, sync):
         ops = [
             self.prepare_append(timeline_id, payload, ttl)
-            for timeline_id, payload in entries
+            for timeline_id, payload in _pairs(entries)
         ]
         self._db._check_batch_size(ops)
         return self._db._write(ops, sync)

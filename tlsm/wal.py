@@ -135,14 +135,16 @@ class LogWriter:
             raise exc
 
     def sync(self):
-        """Make every record appended so far durable against power loss."""
+        """Make every record appended so far durable; return True if that took an fsync."""
         with self._sync_lock:
             if self._closed:
-                return
+                return False
             size = self.file.size
-            if size > self.synced_size:
-                self.file.sync()
-                self.synced_size = max(self.synced_size, size)
+            if size <= self.synced_size:
+                return False
+            self.file.sync()
+            self.synced_size = max(self.synced_size, size)
+            return True
 
     def close(self, sync=True):
         """Close the file, syncing unsynced records first unless sync is False."""
@@ -161,12 +163,26 @@ class LogWriter:
 class RecoveredLog:
     """The result of reading one log: its batches and what was dropped at the end."""
 
-    def __init__(self, path, batches, valid_bytes, dropped_bytes, reason):
+    def __init__(self, path, batches, valid_bytes, dropped_bytes, reason, intact_after):
         self.path = path
         self.batches = batches
         self.valid_bytes = valid_bytes
         self.dropped_bytes = dropped_bytes
         self.reason = reason
+        # True when an intact record follows the damaged one: the damage is
+        # in the middle of the log, not a torn tail.
+        self.intact_after = intact_after
+
+
+def _intact_record_at(data, pos):
+    """Return True when a complete record with a valid checksum starts at pos."""
+    if pos + HEADER_SIZE > len(data):
+        return False
+    crc, length = _HEADER.unpack_from(data, pos)
+    end = pos + HEADER_SIZE + length
+    if (crc == 0 and length == 0) or end > len(data):
+        return False
+    return zlib.crc32(data[pos + 4 : end]) == crc
 
 
 def read_log(fs, path):
@@ -182,6 +198,7 @@ def read_log(fs, path):
     batches = []
     pos = 0
     reason = None
+    intact_after = False
     size = len(data)
     while pos < size:
         if pos + HEADER_SIZE > size:
@@ -197,6 +214,8 @@ def read_log(fs, path):
             break
         if zlib.crc32(data[pos + 4 : end]) != crc:
             reason = "checksum mismatch"
+            # With an intact length field, the next record starts at end.
+            intact_after = _intact_record_at(data, end)
             break
         try:
             batches.append(
@@ -204,6 +223,7 @@ def read_log(fs, path):
             )
         except CorruptionError as exc:
             reason = str(exc)
+            intact_after = _intact_record_at(data, end)
             break
         pos = end
     dropped = size - pos
@@ -224,4 +244,4 @@ def read_log(fs, path):
             reason,
             len(batches),
         )
-    return RecoveredLog(path, batches, pos, dropped, reason)
+    return RecoveredLog(path, batches, pos, dropped, reason, intact_after)

@@ -67,9 +67,23 @@ def main(argv=None):
     args = parser.parse_args(argv)
     fs = OsFileSystem()
     damaged = False
-    manifest = Manifest.load(fs, args.data_dir)
+    try:
+        manifest = Manifest.load(fs, args.data_dir)
+    except CorruptionError as exc:
+        print(f"DAMAGED MANIFEST: {exc}")
+        print(f"  rebuild it with: python tools/repair_manifest.py {args.data_dir}")
+        manifest = None
+        damaged = True
     if manifest is None:
-        print(f"{args.data_dir}: no MANIFEST (a new or damaged directory)")
+        tables_on_disk = [n for n in os.listdir(args.data_dir) if n.endswith(".sst")]
+        if tables_on_disk and not damaged:
+            damaged = True
+            print(
+                f"MISSING MANIFEST: {len(tables_on_disk)} table files exist; tlsm.open "
+                "refuses this directory until python tools/repair_manifest.py rebuilds it"
+            )
+        elif not damaged:
+            print(f"{args.data_dir}: no MANIFEST (a new directory)")
         manifest = Manifest()
     print(
         f"manifest: next file {manifest.next_file_number}, first unflushed log "
