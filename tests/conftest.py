@@ -6,6 +6,8 @@ goes to server.log in the test's tmp_path, which pytest keeps for a failed
 test.
 """
 
+import ctypes
+import ctypes.util
 import os
 import re
 import shutil
@@ -31,6 +33,15 @@ def server_env():
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + path if path else "")
     return env
+
+
+def _terminate_with_parent():
+    """Ask Linux to send SIGTERM to this child when pytest dies, even by a signal."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the fixtures' teardown still stops the server
 
 
 def wait_until_blocked(admin, client_id):
@@ -77,6 +88,7 @@ class ServerProcess:
                 stdin=subprocess.DEVNULL,
                 env=server_env(),
                 cwd=str(self.data_dir.parent),
+                preexec_fn=_terminate_with_parent,
             )  # fmt: skip
         deadline = time.monotonic() + START_STOP_LIMIT_SECONDS
         while time.monotonic() < deadline:
