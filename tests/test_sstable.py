@@ -1,6 +1,7 @@
 """Table files: footer checks, the bloom filter and lazy loading."""
 
 import os
+import random
 
 import pytest
 
@@ -75,3 +76,31 @@ def test_truncated_table_is_reported(tmp_path):
     os.truncate(path, 30)
     with pytest.raises(CorruptionError, match="shorter than the footer"):
         _open_table(path).open()
+
+
+def test_add_run_writes_same_file_as_add(tmp_path):
+    rng = random.Random(12)
+    for case in range(20):
+        runs = {}
+        for number in range(rng.randint(1, 6)):
+            count = rng.randint(1, 60)
+            seqs = sorted(rng.sample(range(1, 500), count))
+            runs[b"\x00t%d" % number] = (
+                seqs,
+                [1] * count,
+                [rng.choice([0, rng.randint(1, 10**12)]) for _ in seqs],
+                [rng.randbytes(rng.randint(0, 300)) for _ in seqs],
+            )
+        block_bytes = rng.choice([64, 256, 4096])
+        by_entry = tmp_path / f"entry{case}.sst"
+        by_run = tmp_path / f"run{case}.sst"
+        writer = TableWriter(OsFileSystem(), str(by_entry), block_bytes=block_bytes)
+        for timeline_id in sorted(runs):
+            for entry in zip(*runs[timeline_id]):
+                writer.add((timeline_id, *entry))
+        writer.finish()
+        writer = TableWriter(OsFileSystem(), str(by_run), block_bytes=block_bytes)
+        for timeline_id in sorted(runs):
+            writer.add_run(timeline_id, *runs[timeline_id])
+        writer.finish()
+        assert by_run.read_bytes() == by_entry.read_bytes()

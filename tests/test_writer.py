@@ -243,3 +243,20 @@ def test_threads_get_unique_ordered_seqs(tmp_path):
 
 def _count(acked, timeline):
     return sum(1 for t, _ in acked if t == timeline)
+
+
+def test_batch_of_new_timelines_takes_fast_path(tmp_path):
+    with tlsm.open(tmp_path) as db:
+        for i in range(5):
+            db.append(b"g:1", b"old%d" % i)
+        db.flush()
+    with tlsm.open(tmp_path) as db:
+        before = db._fast.wal_bytes
+        seqs = db.append_batch([(b"g:1", b"new")] + [(b"u:%d" % i, b"s") for i in range(20)])
+        assert db._fast.wal_bytes > before
+        assert seqs == [6] + [1] * 20
+        assert db.get(b"g:1", 6) == b"new"
+        assert db.get(b"u:7", 1) == b"s"
+        with pytest.raises(tlsm.InvalidArgumentError):
+            db.append_batch([(b"u:1", b"ok"), (b"", b"empty timeline")])
+        assert db.last_seq(b"u:1") == 1

@@ -25,15 +25,15 @@ the timeline id), so it is 1 to MAX_KEY_BYTES bytes.
 
 The pure-Python implementation below is the reference. tlsm_ext/block.pyx
 implements the same functions in Cython. When the extension is built, this
-module rebinds encode_block and decode_block to them, and the pure functions
-stay reachable as ``PurePython.encode_block`` and ``PurePython.decode_block``.
+module rebinds encode_block, decode_block and scan_block to them, and the
+pure functions stay reachable through ``PurePython``.
 """
 
 import types
 
 from . import _impl
 from .errors import CorruptionError, InvalidArgumentError
-from .keys import MAX_KEY_BYTES, MAX_PAYLOAD_BYTES_LIMIT, MAX_SEQ
+from .keys import KIND_PUT, MAX_KEY_BYTES, MAX_PAYLOAD_BYTES_LIMIT, MAX_SEQ
 
 # On disk: tag bits.
 TAG_NEW_TIMELINE = 0x01
@@ -268,12 +268,49 @@ def _decode_entries(buf, body_end, count):
     return entries
 
 
-PurePython = types.SimpleNamespace(encode_block=encode_block, decode_block=decode_block)
+def scan_block(data, timeline_id, start, end, reverse, now_ms, limit, out):
+    """Append the live entries of one timeline range in a block to out.
+
+    Appends ``(seq, value)`` for each entry of timeline_id with
+    start <= seq < end, kind KIND_PUT and expires_at 0 or above now_ms (an
+    int, Unix milliseconds), ascending by seq or descending when reverse is
+    true, at most limit of them. Returns True when the next block in that
+    direction may hold more of the range: forward, when the block's last
+    key is below (timeline_id, end); in reverse, when its first key is above
+    (timeline_id, start); always for an empty block. The whole block is
+    checked as decode_block checks it and raises the same CorruptionError
+    and TypeError. Costs O(len(data)) plus the pairs appended.
+    """
+    entries = _pure_decode_block(data)
+    matches = [
+        (entry[1], entry[4])
+        for entry in entries
+        if entry[0] == timeline_id
+        and start <= entry[1] < end
+        and entry[2] == KIND_PUT
+        and (not entry[3] or entry[3] > now_ms)
+    ]
+    if reverse:
+        matches.reverse()
+    out.extend(matches[: max(limit, 0)])
+    if not entries:
+        return True
+    if reverse:
+        return entries[0][:2] > (timeline_id, start)
+    return entries[-1][:2] < (timeline_id, end)
+
+
+_pure_decode_block = decode_block
+
+PurePython = types.SimpleNamespace(
+    encode_block=encode_block, decode_block=decode_block, scan_block=scan_block
+)
 
 _extension = _impl.load_extension("block")
 if _extension is not None:
     encode_block = _extension.encode_block
     decode_block = _extension.decode_block
+    scan_block = _extension.scan_block
     IMPLEMENTATION = "cython"
 else:
     IMPLEMENTATION = "python"

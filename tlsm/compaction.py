@@ -20,6 +20,12 @@ entry it covered was in the inputs and is gone.
 
 A level also compacts, full or not, once every entry of one of its tables
 has expired, so expired data is reclaimed without waiting for writes.
+
+After open, background compaction waits for the first flush, or for one
+expiry check interval without one. A database closed in the middle of a
+compaction reopens with a full level, and merging it at once would hold
+the GIL through the first reads; the tree only needs the merge again once
+writes add tables.
 """
 
 import logging
@@ -72,6 +78,14 @@ def surviving_entries(tables, tombstones, now_ms, stats):
         yield entry
 
 
+def _add_entries(writer, entries, db=None):
+    """Add entries one by one; stop with Cancelled once db is closing, if given."""
+    for i, entry in enumerate(entries):
+        writer.add(entry)
+        if db is not None and not i & 4095 and db._closing:
+            raise Cancelled()
+
+
 class MaintenanceMixin:
     """Flush and compaction methods of DB; expects the attributes DB.__init__ sets."""
 
@@ -94,16 +108,30 @@ class MaintenanceMixin:
             self._check_writable()
 
     def _write_table(self, entries, tombstones, extra_summary, cancellable=False):
+        """Write entries (in key order) and tombstones to a new table; return its info."""
+        return self._write_table_with(
+            lambda writer: _add_entries(writer, entries, self if cancellable else None),
+            tombstones,
+            extra_summary,
+        )
+
+    def _write_memtable(self, memtable):
+        """Write a memtable to a new table, a timeline run at a time."""
+
+        def add_runs(writer):
+            for timeline_id, run in memtable.sorted_runs():
+                writer.add_run(timeline_id, *run)
+
+        return self._write_table_with(add_runs, memtable.tombstones, None)
+
+    def _write_table_with(self, add_entries, tombstones, extra_summary):
         number = self._manifest.allocate_file_number()
         path = os.path.join(self.path, table_file_name(number))
         writer = TableWriter(
             self._fs, path, self._options["block_bytes"], self._options["compression"]
         )
         try:
-            for i, entry in enumerate(entries):
-                writer.add(entry)
-                if cancellable and not i & 4095 and self._closing:
-                    raise Cancelled()
+            add_entries(writer)
             for key, start, end in tombstones:
                 writer.add_tombstone(key, start, end)
             if extra_summary:
@@ -118,20 +146,24 @@ class MaintenanceMixin:
 
     def _background_loop(self):
         interval = self._options["expiry_check_seconds"]
+        deferred = True
         while True:
             with self._work:
                 if (
                     self._immutable is None
                     and not self._closing
-                    and self._pick_level() is None
+                    and (deferred or self._pick_level() is None)
                 ):
-                    self._work.wait(interval)
+                    if not self._work.wait(interval):
+                        deferred = False
                 if self._immutable is None and self._closing:
                     return
+                if self._immutable is not None:
+                    deferred = False
             try:
                 if self._immutable is not None:
                     self._flush_immutable()
-                else:
+                elif not deferred:
                     with self._compaction_lock:
                         level = self._pick_level()
                         if level is not None:
@@ -159,7 +191,7 @@ class MaintenanceMixin:
     def _flush_immutable(self):
         memtable = self._immutable
         started = time.monotonic()
-        info = self._write_table(memtable.entries(), memtable.tombstones, None)
+        info = self._write_memtable(memtable)
         table = self._make_table(info)
         table.open()
         with self._work:

@@ -301,7 +301,7 @@ class DB(ReadMixin, MaintenanceMixin):
             sorted(n for n in numbers["log"] if n >= manifest.log_number)
         )
         if len(recovered) or recovered.tombstones:
-            info = self._write_table(recovered.entries(), recovered.tombstones, None)
+            info = self._write_memtable(recovered)
             manifest.levels[0].insert(0, info)
             self._tables[info.number] = self._make_table(info)
             self._tables[info.number].open()
@@ -473,7 +473,39 @@ class DB(ReadMixin, MaintenanceMixin):
         seqs = self._fast.append_batch(self._default, entries, ttl, sync)
         if seqs is not None:
             return seqs
+        if self._cache_last_seqs(self._default, entries):
+            seqs = self._fast.append_batch(self._default, entries, ttl, sync)
+            if seqs is not None:
+                return seqs
         return self._default._append_batch_general(entries, ttl, sync)
+
+    def _cache_last_seqs(self, table, entries):
+        """Fill the last-seq cache for the timelines of entries; True if any was missing.
+
+        The fast path declines a batch with a timeline it has no last seq
+        for; after this a retry can take it. Anything invalid is left to the
+        general path, which raises the proper error.
+        """
+        if not self._fast.attached or type(entries) not in (list, tuple):
+            return False
+        missing = []
+        for item in entries:
+            if type(item) is not tuple or len(item) != 2:
+                return False
+            try:
+                key = table.key(item[0])
+            except InvalidArgumentError:
+                return False
+            if key not in self._last_seqs:
+                missing.append(key)
+        if not missing:
+            return False
+        with self._write_lock:
+            if self._closed or self._closing:
+                return False
+            for key in missing:
+                self._last_seq_locked(key)
+        return True
 
     def delete(self, timeline_id, seq, *, sync=None):
         """Delete one entry; its seq is never assigned again."""

@@ -142,6 +142,11 @@ class Memtable:
             seqs, kinds, expires, values = self._runs[timeline_id]
             yield from zip([timeline_id] * len(seqs), seqs, kinds, expires, values)
 
+    def sorted_runs(self):
+        """Iterate (timeline_id, run) in timeline_id order; used by flush."""
+        for timeline_id in sorted(self._runs):
+            yield timeline_id, self._runs[timeline_id]
+
     def timeline_summary(self):
         """Return {timeline_id: (min_seq, max_seq, count)} for every timeline held."""
         return {

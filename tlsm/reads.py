@@ -1,22 +1,36 @@
 """The read path of DB, as a mixin: get, scan, last_seq and snapshots.
 
 A read takes a view under the visibility lock: the current version
-(memtables and tables, newest first), the tombstones, and for a snapshot
-the per-timeline seq bounds. It then reads without locks. Memtable runs
-only grow, so a range fixed under the lock stays valid, and tables are
-immutable. A scan first subtracts deleted ranges from the requested range,
-so a trimmed prefix of millions of entries costs nothing to skip, then
-merges the sources of each remaining segment lazily and drops expired
-entries.
+(memtables and tables, newest first), the tombstones, the length of each
+memtable run of the timeline, and for a snapshot the per-timeline seq
+bounds. It then reads without locks. Memtable runs only grow, so a length
+fixed under the lock stays valid, and tables are immutable. A scan first
+subtracts deleted ranges from the requested range, so a trimmed prefix of
+millions of entries costs nothing to skip.
+
+Seqs of a timeline grow with time, so its entries in different sources
+(memtable runs and tables) cover disjoint seq ranges. A scan therefore
+reads the sources one after the other in seq order, copying live entries
+straight into a list (tlsm.scan), and merges entry streams
+(tlsm.merge) only when source ranges overlap. A scan with a small limit
+collects its results at once; others yield lazily, a block at a time.
 """
 
-from . import keys
+import math
+
+from . import keys, scan
 from . import merge as merge_module
 from . import tombstones as tomb
 from .errors import ClosedError, InvalidArgumentError
+from .memtable import SEQS, Memtable
 from .table import Snapshot
 
 _END = keys.MAX_SEQ + 1
+# Scans with a limit up to this collect their results into a list at once;
+# others yield lazily so that a huge timeline is never held whole.
+_EAGER_LIMIT = 4096
+# Entries a lazy scan copies from a memtable run at a time.
+_CHUNK_ENTRIES = 1024
 
 
 class _View:
@@ -80,9 +94,10 @@ class ReadMixin:
         Ascending by default, descending with reverse=True (from the highest
         seq below end). None bounds are open; at most limit pairs are
         returned. The iterator reads one consistent view, taken when scan()
-        is called (or the snapshot's), and loads table blocks lazily, so a
-        scan over a huge timeline holds only the blocks it is on. Deleted
-        ranges are skipped without reading them.
+        is called (or the snapshot's). With a limit of at most 4096 the
+        pairs are collected when scan() is called; otherwise table blocks
+        load lazily, so a scan over a huge timeline holds only the block it
+        is on. Deleted ranges are skipped without reading them.
         """
         return self._default.scan(
             timeline_id, start, end, limit, reverse, snapshot=snapshot
@@ -151,54 +166,136 @@ class ReadMixin:
             return iter(())
         if snapshot is not None:
             view = snapshot.view(self)
-            segments = self._segments(view, key, start, end, reverse)
+            version = view.version
+            intervals = view.tombstones.get(key)
             bound = view.bounds.get(key)
-            memory = [
-                [
-                    m.scan(key, low, min(high, bound + 1), reverse)
-                    for m in view.version.memtables
-                ]
-                if bound is not None
-                else []
-                for low, high in segments
-            ]
+            # Memtable entries above the snapshot's last seq came later.
+            runs = [] if bound is None else _runs_of(version, key)
+            memory_end = 0 if bound is None else bound + 1
         else:
             with self._visible_lock:
-                view = self._live_view()
-                segments = self._segments(view, key, start, end, reverse)
-                memory = [
-                    [m.scan(key, low, high, reverse) for m in view.version.memtables]
-                    for low, high in segments
-                ]
-        return self._iterate_segments(
-            view.version, key, segments, memory, limit, reverse
+                version = self._current_version()
+                intervals = self._tombstones.get(key)
+                # Runs only grow: their length now fixes what this read sees.
+                runs = _runs_of(version, key)
+            memory_end = _END
+        if intervals:
+            segments = tomb.visible_segments(intervals, start, end)
+            if reverse:
+                segments.reverse()
+        else:
+            segments = ((start, end),)
+        now_ms = max(0, math.floor(self._now_ms()))
+        if limit is not None and limit <= _EAGER_LIMIT:
+            out = []
+            for low, high in segments:
+                _collect(
+                    version,
+                    key,
+                    runs,
+                    low,
+                    high,
+                    memory_end,
+                    reverse,
+                    now_ms,
+                    limit,
+                    out,
+                )
+                if len(out) >= limit:
+                    break
+            return iter(out)
+        return _iterate_lazily(
+            version, key, runs, segments, memory_end, limit, reverse, now_ms
         )
 
-    @staticmethod
-    def _segments(view, key, start, end, reverse):
-        segments = tomb.visible_segments(view.tombstones.get(key, ()), start, end)
-        if reverse:
-            segments.reverse()
-        return segments
 
-    def _iterate_segments(self, version, key, segments, memory, limit, reverse):
-        remaining = -1 if limit is None else limit
-        now_ms = self._now_ms()
-        kind_put = keys.KIND_PUT
-        for (low, high), sources in zip(segments, memory):
-            sources = sources + [
-                t.scan(key, low, high, reverse)
-                for t in version.tables
-                if t.may_contain(key, low, high)
-            ]
-            if len(sources) == 1:
-                entries = sources[0]
-            else:
-                entries = merge_module.merge_entries(sources, reverse)
-            for _key, seq, kind, expires_at, value in entries:
-                if kind != kind_put or (expires_at and expires_at <= now_ms):
-                    continue
-                yield seq, value
+def _runs_of(version, key):
+    """Return (run, length) of key in each memtable of version that has it."""
+    runs = []
+    for memtable in version.memtables:
+        run = memtable._runs.get(key)
+        if run is not None:
+            runs.append((run, len(run[SEQS])))
+    return runs
+
+
+def _collect(version, key, runs, low, high, memory_end, reverse, now_ms, limit, out):
+    """Append up to limit - len(out) live pairs of [low, high) to out."""
+    wanted = limit - len(out)
+    if scan.collect_range(
+        runs, version.tables, key, low, high, memory_end, reverse, now_ms, wanted, out
+    ):
+        return
+    # Sources whose seq ranges overlap: never written by the engine itself,
+    # but merged correctly, newest source first.
+    sources = scan.find_sources(runs, version.tables, key, low, high, memory_end)
+    entries = merge_module.merge_entries(
+        [_entries_of(source, key, low, high, reverse) for source in sources],
+        reverse,
+    )
+    _append_live(entries, now_ms, limit, out)
+
+
+def _entries_of(source, key, low, high, reverse):
+    """Return an iterator of the entry 5-tuples of one source, for merge_entries."""
+    _first, _last, holder, first, last = source
+    if type(holder) is tuple:
+        return Memtable._iterate(key, holder, first, last, reverse)
+    return holder.scan(key, low, high, reverse)
+
+
+def _append_live(entries, now_ms, limit, out):
+    kind_put = keys.KIND_PUT
+    for _key, seq, kind, expires_at, value in entries:
+        if kind != kind_put or (expires_at and expires_at <= now_ms):
+            continue
+        out.append((seq, value))
+        if len(out) >= limit:
+            return
+
+
+def _iterate_lazily(version, key, runs, segments, memory_end, limit, reverse, now_ms):
+    """Yield (seq, value) pairs source by source, a chunk at a time.
+
+    Holds at most one chunk (a memtable slice or one block's entries) at once.
+    """
+    remaining = -1 if limit is None else limit
+    for low, high in segments:
+        sources = scan.find_sources(runs, version.tables, key, low, high, memory_end)
+        if not sources:
+            continue
+        for chunk in _chunks(sources, key, low, high, reverse, now_ms):
+            for pair in chunk:
+                yield pair
                 remaining -= 1
                 if remaining == 0:
                     return
+
+
+def _chunks(sources, key, low, high, reverse, now_ms):
+    ordered = scan.order_sources(sources, reverse)
+    if ordered is None:
+        entries = merge_module.merge_entries(
+            [_entries_of(source, key, low, high, reverse) for source in sources],
+            reverse,
+        )
+        while True:
+            chunk = []
+            _append_live(entries, now_ms, _CHUNK_ENTRIES, chunk)
+            if not chunk:
+                return
+            yield chunk
+    for _first, _last, holder, first, last in ordered:
+        if type(holder) is tuple:
+            while first < last:
+                chunk = []
+                visited = scan.collect_run(
+                    holder, first, last, reverse, now_ms, _CHUNK_ENTRIES, chunk
+                )
+                if reverse:
+                    last -= visited
+                else:
+                    first += visited
+                yield chunk
+        else:
+            yield from holder.chunks(key, low, high, reverse, now_ms)

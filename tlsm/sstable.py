@@ -33,17 +33,18 @@ seq each timeline ever reached.
 """
 
 import bisect
+import itertools
 import logging
 import struct
 import threading
 import weakref
 import zlib
-from collections import OrderedDict
 
 import lz4.block
 
 from . import block as block_codec
-from . import bloom
+from . import bloom, scan
+from .scan import BlockCache  # noqa: F401 (re-exported: DB and tests build it from here)
 from .errors import CorruptionError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ _FOOTER_HEAD = struct.Struct("<QIQIQIQIQQI")
 NEVER_EXPIRES = (1 << 64) - 1
 FOOTER_SIZE = _FOOTER.size
 _WRITE_CHUNK = 1 << 20
+# A limit that no block's entry count reaches.
+_NO_LIMIT = 1 << 62
 
 
 def _frame(body, compression):
@@ -107,6 +110,51 @@ class TableWriter:
             span[2] += 1
         if self._pending_bytes >= self._block_bytes:
             self._finish_block()
+
+    def add_run(self, timeline_id, seqs, kinds, expires, values):
+        """Add one timeline's entries, given as parallel lists with seqs ascending.
+
+        Writes the same file as add() called per entry, but splits blocks
+        and updates the summary once per block instead of once per entry.
+        timeline_id must sort after every key added before.
+        """
+        count = len(seqs)
+        if not count:
+            return
+        overhead = len(timeline_id) + 12
+        # ends[i] is the pending size of entries 0..i-1, as add() counts it.
+        ends = [0]
+        ends.extend(itertools.accumulate(len(value) + overhead for value in values))
+        span = self._summary.get(timeline_id)
+        if span is None:
+            self._summary[timeline_id] = [seqs[0], seqs[-1], count]
+        else:
+            span[1] = seqs[-1]
+            span[2] += count
+        self.entry_count += count
+        if 0 in expires:
+            self.max_expires_at = NEVER_EXPIRES
+        else:
+            self.max_expires_at = max(self.max_expires_at, max(expires))
+        position = 0
+        while position < count:
+            # The first entry that brings the pending block to block_bytes
+            # ends it, as in add().
+            target = ends[position] + self._block_bytes - self._pending_bytes
+            stop = min(bisect.bisect_left(ends, target, position + 1), count)
+            self._pending.extend(
+                zip(
+                    itertools.repeat(timeline_id, stop - position),
+                    seqs[position:stop],
+                    kinds[position:stop],
+                    expires[position:stop],
+                    values[position:stop],
+                )
+            )
+            self._pending_bytes += ends[stop] - ends[position]
+            if self._pending_bytes >= self._block_bytes:
+                self._finish_block()
+            position = stop
 
     def add_summary(self, timeline_id, max_seq):
         """Record that timeline_id reached max_seq even if no entry of it is kept."""
@@ -201,45 +249,6 @@ class TableWriter:
 
     def abandon(self):
         self._file.close()
-
-
-class BlockCache:
-    """LRU cache of decoded data blocks, bounded by their encoded size in bytes."""
-
-    def __init__(self, capacity_bytes):
-        self.capacity_bytes = capacity_bytes
-        self.used_bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._items = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return item[0]
-
-    def put(self, key, entries, charge):
-        if charge > self.capacity_bytes:
-            return
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = (entries, charge)
-            self.used_bytes += charge
-            while self.used_bytes > self.capacity_bytes:
-                _, (_, old_charge) = self._items.popitem(last=False)
-                self.used_bytes -= old_charge
-
-    def evict_file(self, file_number):
-        with self._lock:
-            for key in [k for k in self._items if k[0] == file_number]:
-                self.used_bytes -= self._items.pop(key)[1]
 
 
 class _FileHandle:
@@ -389,50 +398,50 @@ class SSTable:
         return tombstones
 
     def _parse_index(self, body, offset):
-        pos, end = 0, len(body)
-        keys, offsets, sizes = [], [], []
-        while pos < end:
-            if pos + _INDEX_ENTRY.size > end:
-                raise self._corrupt("truncated index entry", offset + pos)
-            tl_len, last_seq, block_offset, block_size = _INDEX_ENTRY.unpack_from(
-                body, pos
-            )
-            pos += _INDEX_ENTRY.size
-            keys.append((bytes(body[pos : pos + tl_len]), last_seq))
-            offsets.append(block_offset)
-            sizes.append(block_size)
-            pos += tl_len
-        if pos != end:
-            raise self._corrupt("index overruns its block", offset)
+        try:
+            keys, offsets, sizes = scan.parse_index(body)
+        except ValueError as exc:
+            problem, position = exc.args
+            raise self._corrupt(problem, offset + position) from None
         self.index_keys, self._block_offsets, self._block_sizes = keys, offsets, sizes
 
     def _parse_summary(self, body, offset):
-        pos, end = 0, len(body)
-        summary = {}
-        while pos < end:
-            if pos + _SUMMARY_ENTRY.size > end:
-                raise self._corrupt("truncated summary entry", offset + pos)
-            tl_len, min_seq, max_seq, count = _SUMMARY_ENTRY.unpack_from(body, pos)
-            pos += _SUMMARY_ENTRY.size
-            summary[bytes(body[pos : pos + tl_len])] = (min_seq, max_seq, count)
-            pos += tl_len
-        if pos != end:
-            raise self._corrupt("summary overruns its block", offset)
-        self.summary = summary
+        try:
+            self.summary = scan.parse_summary(body)
+        except ValueError as exc:
+            problem, position = exc.args
+            raise self._corrupt(problem, offset + position) from None
+
+    def read_body(self, index):
+        """Return the checked, decompressed body of data block number index.
+
+        Bodies are kept in the block cache, so a hit costs no read and no
+        checksum. Raises CorruptionError for a damaged block frame.
+        """
+        body = self._cache.get((self.file_number, index))
+        if body is None:
+            body = self.load_body(index)
+        return body
+
+    def load_body(self, index):
+        """Read block number index from the file and add it to the cache."""
+        body = bytes(
+            self._read_framed(self._block_offsets[index], self._block_sizes[index])
+        )
+        self._cache.put((self.file_number, index), body, len(body))
+        return body
+
+    def block_error(self, index, exc):
+        """Return the CorruptionError for data block index that failed to decode."""
+        offset = self._block_offsets[index]
+        return self._corrupt(f"undecodable data block ({exc})", offset)
 
     def read_block(self, index):
         """Return the decoded entries of data block number index."""
-        key = (self.file_number, index)
-        entries = self._cache.get(key)
-        if entries is None:
-            offset = self._block_offsets[index]
-            body = self._read_framed(offset, self._block_sizes[index])
-            try:
-                entries = block_codec.decode_block(body)
-            except CorruptionError as exc:
-                raise self._corrupt(f"undecodable data block ({exc})", offset) from None
-            self._cache.put(key, entries, len(body))
-        return entries
+        try:
+            return block_codec.decode_block(self.read_body(index))
+        except CorruptionError as exc:
+            raise self.block_error(index, exc) from None
 
     def _excludes(self, timeline_id):
         """Return True when the bloom filter rules timeline_id out.
@@ -480,6 +489,58 @@ class SSTable:
             return False
         span = self.summary.get(timeline_id)
         return span is not None and span[2] > 0 and span[0] < end and span[1] >= start
+
+    def span(self, timeline_id):
+        """Return (min_seq, max_seq, count) of timeline_id in this file, or None.
+
+        Asks the bloom filter first while the summary is not loaded.
+        """
+        if self._excludes(timeline_id):
+            return None
+        return self.summary.get(timeline_id)
+
+    def collect(self, timeline_id, start, end, reverse, now_ms, limit, out):
+        """Append up to limit live (seq, value) pairs of a range to out.
+
+        See tlsm.scan.collect_table; returns the number of pairs appended.
+        """
+        self.load()
+        return scan.collect_table(
+            self, timeline_id, start, end, reverse, now_ms, limit, out
+        )
+
+    def chunks(self, timeline_id, start, end, reverse, now_ms):
+        """Yield, block by block, lists of the live pairs collect() would append."""
+        self.load()
+        index_keys = self.index_keys
+        block_count = len(index_keys)
+        if reverse:
+            index = min(
+                bisect.bisect_left(index_keys, (timeline_id, end)), block_count - 1
+            )
+            step = -1
+        else:
+            index = bisect.bisect_left(index_keys, (timeline_id, start))
+            step = 1
+        while 0 <= index < block_count:
+            chunk = []
+            more = self._scan_block(
+                index, timeline_id, start, end, reverse, now_ms, _NO_LIMIT, chunk
+            )
+            if chunk:
+                yield chunk
+            if not more:
+                return
+            index += step
+
+    def _scan_block(self, index, timeline_id, start, end, reverse, now_ms, limit, out):
+        body = self.read_body(index)
+        try:
+            return block_codec.scan_block(
+                body, timeline_id, start, end, reverse, now_ms, limit, out
+            )
+        except CorruptionError as exc:
+            raise self.block_error(index, exc) from None
 
     def scan(self, timeline_id, start, end, reverse=False):
         """Iterate entries of timeline_id with start <= seq < end, lazily, block by block."""

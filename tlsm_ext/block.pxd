@@ -7,3 +7,6 @@ cdef list _decode(const uint8_t* buf, Py_ssize_t size)
 
 cpdef bytes encode_block(object entries)
 cpdef list decode_block(object data)
+cdef object _scan(const uint8_t* buf, Py_ssize_t size, bytes timeline_id,
+                  uint64_t start, uint64_t end, bint unbounded, bint reverse,
+                  uint64_t now_ms, Py_ssize_t limit, list out)

@@ -33,6 +33,7 @@ cdef Py_ssize_t MIN_ENTRY_BYTES = 3
 cdef uint64_t MAX_SEQ = keys.MAX_SEQ
 cdef Py_ssize_t MAX_KEY_BYTES = keys.MAX_KEY_BYTES
 cdef Py_ssize_t MAX_PAYLOAD_BYTES_LIMIT = keys.MAX_PAYLOAD_BYTES_LIMIT
+cdef uint64_t KIND_PUT = keys.KIND_PUT
 # A u64 varint takes at most 10 bytes.
 cdef Py_ssize_t MAX_VARINT_BYTES = 10
 
@@ -389,3 +390,199 @@ cpdef list decode_block(object data):
             return _decode(<const uint8_t*>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
+
+
+# Scanning one timeline's range straight from block bytes
+
+
+cdef struct _Match:
+    uint64_t seq
+    Py_ssize_t value_at
+    Py_ssize_t value_length
+
+
+cdef inline int _order(const uint8_t* timeline, Py_ssize_t length, uint64_t seq,
+                       const char* other, Py_ssize_t other_length,
+                       uint64_t other_seq) noexcept nogil:
+    """Return <0, 0 or >0 as key (timeline, seq) sorts before, at or after other."""
+    cdef int result = memcmp(timeline, other, min(length, other_length))
+    if result != 0:
+        return result
+    if length != other_length:
+        return -1 if length < other_length else 1
+    if seq != other_seq:
+        return -1 if seq < other_seq else 1
+    return 0
+
+
+cdef int _find_matches(const uint8_t* buf, Py_ssize_t body_end, uint64_t count,
+                       const char* wanted, Py_ssize_t wanted_length,
+                       uint64_t start, uint64_t end, bint unbounded,
+                       uint64_t now_ms, _Match* matches, Py_ssize_t* match_count,
+                       Py_ssize_t* first_at, Py_ssize_t* first_length,
+                       uint64_t* first_seq, Py_ssize_t* last_at, Py_ssize_t* last_length,
+                       uint64_t* last_seq) noexcept nogil:
+    """Walk every entry with the checks of _decode_entries; return 0 if valid.
+
+    Records the live puts of the wanted timeline in [start, end), and the
+    first and last keys of the block (timeline offset, length and seq).
+    """
+    cdef uint64_t found = 0, seq = 0, tag, kind, length, delta, expires_at
+    cdef Py_ssize_t pos = 0, timeline_at = -1
+    cdef uint64_t timeline_length = 0
+    cdef bint wanted_timeline = False
+    cdef int order
+    while pos < body_end:
+        if found == count:
+            return -1
+        if _read_varint(buf, &pos, body_end, &tag) != VARINT_OK:
+            return -1
+        kind = tag >> TAG_KIND_SHIFT
+        if kind > MAX_KIND:
+            return -1
+        if tag & TAG_NEW_TIMELINE:
+            if _read_varint(buf, &pos, body_end, &length) != VARINT_OK:
+                return -1
+            if length == 0 or length > <uint64_t>MAX_KEY_BYTES:
+                return -1
+            if length > <uint64_t>(body_end - pos):
+                return -1
+            if timeline_at >= 0:
+                order = memcmp(buf + pos, buf + timeline_at, min(length, timeline_length))
+                if order < 0 or (order == 0 and length <= timeline_length):
+                    return -1
+            timeline_at = pos
+            timeline_length = length
+            wanted_timeline = (<Py_ssize_t>length == wanted_length
+                               and memcmp(buf + pos, wanted, wanted_length) == 0)
+            pos += <Py_ssize_t>length
+            if _read_varint(buf, &pos, body_end, &seq) != VARINT_OK:
+                return -1
+        else:
+            if timeline_at < 0:
+                return -1
+            if _read_varint(buf, &pos, body_end, &delta) != VARINT_OK:
+                return -1
+            if delta == 0 or delta > MAX_SEQ - seq:
+                return -1
+            seq += delta
+        expires_at = 0
+        if tag & TAG_HAS_EXPIRY:
+            if _read_varint(buf, &pos, body_end, &expires_at) != VARINT_OK:
+                return -1
+            if expires_at == 0:
+                return -1
+        if _read_varint(buf, &pos, body_end, &length) != VARINT_OK:
+            return -1
+        if length > <uint64_t>(body_end - pos):
+            return -1
+        if found == 0:
+            first_at[0] = timeline_at
+            first_length[0] = <Py_ssize_t>timeline_length
+            first_seq[0] = seq
+        if (wanted_timeline and start <= seq and (unbounded or seq < end)
+                and kind == KIND_PUT
+                and (expires_at == 0 or expires_at > now_ms)):
+            matches[match_count[0]].seq = seq
+            matches[match_count[0]].value_at = pos
+            matches[match_count[0]].value_length = <Py_ssize_t>length
+            match_count[0] += 1
+        pos += <Py_ssize_t>length
+        found += 1
+    if found != count:
+        return -1
+    last_at[0] = timeline_at
+    last_length[0] = <Py_ssize_t>timeline_length
+    last_seq[0] = seq
+    return 0
+
+
+
+def scan_block(object data, bytes timeline_id, uint64_t start, object end,
+               bint reverse, uint64_t now_ms, Py_ssize_t limit, list out):
+    """Append live entries of one timeline range to out; see tlsm.block.scan_block.
+
+    end may be MAX_SEQ + 1, which the scan takes as no upper bound.
+    """
+    cdef bint unbounded = end > MAX_SEQ
+    cdef uint64_t end_seq = MAX_SEQ if unbounded else <uint64_t>end
+    cdef Py_buffer view
+    cdef bint has_view = False
+    cdef const uint8_t* buf
+    cdef Py_ssize_t size
+    if PyBytes_Check(data):
+        buf = <const uint8_t*>PyBytes_AS_STRING(data)
+        size = PyBytes_GET_SIZE(data)
+    else:
+        with memoryview(data) as checked:
+            if not checked.c_contiguous:
+                raise TypeError("decode_block requires a C-contiguous buffer")
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        has_view = True
+        buf = <const uint8_t*>view.buf
+        size = view.len
+    try:
+        return _scan(buf, size, timeline_id, start, end_seq, unbounded, reverse,
+                     now_ms, limit, out)
+    finally:
+        if has_view:
+            PyBuffer_Release(&view)
+
+
+cdef object _scan(const uint8_t* buf, Py_ssize_t size, bytes timeline_id,
+                  uint64_t start, uint64_t end, bint unbounded, bint reverse,
+                  uint64_t now_ms, Py_ssize_t limit, list out):
+    cdef Py_ssize_t body_end = size - COUNT_BYTES
+    cdef uint64_t count
+    cdef _Match* matches
+    cdef Py_ssize_t match_count = 0, first_at = 0, first_length = 0
+    cdef Py_ssize_t last_at = 0, last_length = 0
+    cdef Py_ssize_t i, j, emitted
+    cdef uint64_t first_seq = 0, last_seq = 0
+    cdef const char* wanted = PyBytes_AS_STRING(timeline_id)
+    cdef Py_ssize_t wanted_length = PyBytes_GET_SIZE(timeline_id)
+    cdef int status
+    if size < COUNT_BYTES:
+        _decode(buf, size)  # raises the decoder's CorruptionError
+    count = (<uint64_t>buf[body_end]
+             | (<uint64_t>buf[body_end + 1] << 8)
+             | (<uint64_t>buf[body_end + 2] << 16)
+             | (<uint64_t>buf[body_end + 3] << 24))
+    if count > <uint64_t>(body_end // MIN_ENTRY_BYTES):
+        _decode(buf, size)
+    if count == 0:
+        if body_end != 0:
+            _decode(buf, size)
+        return True
+    matches = <_Match*>malloc(count * sizeof(_Match))
+    if matches == NULL:
+        raise MemoryError()
+    try:
+        status = _find_matches(buf, body_end, count, wanted, wanted_length, start, end,
+                               unbounded, now_ms, matches, &match_count, &first_at, &first_length,
+                               &first_seq,
+                               &last_at, &last_length, &last_seq)
+        if status != 0:
+            # The decoder runs the same checks in the same order and raises
+            # the same CorruptionError as the pure twin.
+            _decode(buf, size)
+            raise _corrupt("undecodable block", 0)
+        emitted = min(match_count, max(limit, 0))
+        for i in range(emitted):
+            j = match_count - 1 - i if reverse else i
+            out.append((
+                matches[j].seq,
+                PyBytes_FromStringAndSize(<const char*>(buf + matches[j].value_at),
+                                          matches[j].value_length),
+            ))
+        # Whether the next block in scan order may hold more of the range.
+        if reverse:
+            return _order(buf + first_at, first_length, first_seq, wanted,
+                          wanted_length, start) > 0
+        if unbounded:
+            return _order(buf + last_at, last_length, last_seq, wanted, wanted_length,
+                          MAX_SEQ) <= 0
+        return _order(buf + last_at, last_length, last_seq, wanted, wanted_length,
+                      end) < 0
+    finally:
+        free(matches)

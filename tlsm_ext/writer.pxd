@@ -11,10 +11,12 @@ cdef class FastWriter:
     cdef Py_ssize_t _max_payload
     cdef Py_ssize_t _max_batch
     cdef bint _sync_always
-    # Per table prefix, a dict from str timeline_id to its stored key, so a
-    # repeated timeline costs one dict lookup instead of encoding the id
-    # and hashing a new key.
+    # Per table prefix, a dict from timeline_id to its stored key, so a
+    # repeated timeline costs one dict lookup instead of encoding the id and
+    # hashing a new key. str and bytes ids have separate dicts, because an
+    # ASCII str and its bytes hash alike.
     cdef dict _key_caches
+    cdef dict _bytes_key_caches
     cdef bint _disabled
     # The attached memtable and its dict of runs, and the log file; None
     # when detached. While attached, the three buffers are held: the log's

@@ -185,6 +185,7 @@ cdef class FastWriter:
         self._sync_always = bool(sync_always)
         self._disabled = False
         self._key_caches = {}
+        self._bytes_key_caches = {}
         self._has_view = False
         self._memtable = None
         self._runs = None
@@ -359,13 +360,16 @@ cdef class FastWriter:
         cdef Py_ssize_t size
         cdef PyObject* cached
         cdef dict cache = None
-        if type(timeline_id) is str:
-            cached = PyDict_GetItem(self._key_caches, prefix)
+        cdef bint text = type(timeline_id) is str
+        cdef dict caches = self._key_caches if text else self._bytes_key_caches
+        if text or type(timeline_id) is bytes:
+            cached = PyDict_GetItem(caches, prefix)
             if cached != NULL:
                 cache = <dict>cached
                 cached = PyDict_GetItem(cache, timeline_id)
                 if cached != NULL:
                     return <object>cached
+        if text:
             data = _utf8_and_size(timeline_id, &size)
             if data == NULL:
                 PyErr_Clear()
@@ -382,11 +386,10 @@ cdef class FastWriter:
         cdef char* out = PyBytes_AS_STRING(key)
         memcpy(out, PyBytes_AS_STRING(prefix), prefix_size)
         memcpy(out + prefix_size, data, size)
-        if type(timeline_id) is str:
-            if cache is None:
-                cache = {}
-                self._key_caches[prefix] = cache
-            cache[timeline_id] = key
+        if cache is None:
+            cache = {}
+            caches[prefix] = cache
+        cache[timeline_id] = key
         return key
 
     cdef int _next_seq(self, object key, uint64_t* seq) except -1:

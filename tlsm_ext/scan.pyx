@@ -1,0 +1,388 @@
+# cython: language_level=3
+"""Cython implementation of tlsm.scan.
+
+Behaviour and exceptions match the pure-Python reference in tlsm/scan.py,
+which holds the public documentation.
+"""
+
+from collections import OrderedDict
+
+from cpython.bytes cimport (
+    PyBytes_AS_STRING,
+    PyBytes_CheckExact,
+    PyBytes_FromStringAndSize,
+    PyBytes_GET_SIZE,
+)
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcmp
+
+from tlsm_ext.block cimport _scan as _scan_block_bytes
+
+from tlsm import keys
+from tlsm.errors import CorruptionError
+from tlsm_ext.block import scan_block
+
+cdef uint64_t MAX_SEQ = keys.MAX_SEQ
+
+cdef object _KIND_PUT = keys.KIND_PUT
+cdef object _ZERO = 0
+
+
+cdef inline bint _is_live(object kind, object expires_at, object now_ms) except -1:
+    # Memtable entries hold small ints, which CPython shares, so the
+    # identity tests settle almost every entry without a comparison.
+    if kind is not _KIND_PUT and kind != _KIND_PUT:
+        return False
+    if expires_at is _ZERO or not expires_at:
+        return True
+    return expires_at > now_ms
+
+
+cpdef Py_ssize_t collect_run(tuple run, Py_ssize_t low, Py_ssize_t high,
+                             bint reverse, object now_ms, Py_ssize_t limit,
+                             list out) except -1:
+    """Append live (seq, value) pairs of a run range to out; see tlsm.scan."""
+    cdef list seqs = <list>run[0]
+    cdef list kinds = <list>run[1]
+    cdef list expires = <list>run[2]
+    cdef list values = <list>run[3]
+    cdef Py_ssize_t index, step, stop, visited = 0, appended = 0
+    # Writers append to the kinds, expires and values lists before seqs,
+    # so every position below len(seqs) is present in all four.
+    if high > PyList_GET_SIZE(seqs):
+        raise IndexError(f"run position {high} is past its {len(seqs)} entries")
+    if limit <= 0 or low >= high:
+        return 0
+    if reverse:
+        index, stop, step = high - 1, low - 1, -1
+    else:
+        index, stop, step = low, high, 1
+    while index != stop:
+        visited += 1
+        if _is_live(<object>PyList_GET_ITEM(kinds, index),
+                    <object>PyList_GET_ITEM(expires, index), now_ms):
+            out.append((<object>PyList_GET_ITEM(seqs, index),
+                        <object>PyList_GET_ITEM(values, index)))
+            appended += 1
+            if appended == limit:
+                break
+        index += step
+    return visited
+
+
+cdef inline uint64_t _u64(const unsigned char* data) noexcept:
+    cdef uint64_t value = 0
+    cdef int i
+    for i in range(7, -1, -1):
+        value = (value << 8) | data[i]
+    return value
+
+
+cdef inline uint64_t _u32(const unsigned char* data) noexcept:
+    return (<uint64_t>data[0] | (<uint64_t>data[1] << 8)
+            | (<uint64_t>data[2] << 16) | (<uint64_t>data[3] << 24))
+
+
+# Index entry: timeline_len u16 | last_seq u64 | offset u64 | size u32.
+cdef Py_ssize_t INDEX_ENTRY_BYTES = 22
+# Summary entry: timeline_len u16 | min_seq u64 | max_seq u64 | count u64.
+cdef Py_ssize_t SUMMARY_ENTRY_BYTES = 26
+
+
+def parse_index(body):
+    """Parse a table's index body; see tlsm.scan.parse_index."""
+    cdef bytes data = bytes(body)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(data), length
+    cdef list index_keys = [], offsets = [], sizes = []
+    while pos < end:
+        if pos + INDEX_ENTRY_BYTES > end:
+            raise ValueError("truncated index entry", pos)
+        length = buf[pos] | (buf[pos + 1] << 8)
+        if pos + INDEX_ENTRY_BYTES + length > end:
+            raise ValueError("index overruns its block", 0)
+        index_keys.append((
+            PyBytes_FromStringAndSize(<const char*>buf + pos + INDEX_ENTRY_BYTES, length),
+            _u64(buf + pos + 2),
+        ))
+        offsets.append(_u64(buf + pos + 10))
+        sizes.append(_u32(buf + pos + 18))
+        pos += INDEX_ENTRY_BYTES + length
+    return index_keys, offsets, sizes
+
+
+def parse_summary(body):
+    """Parse a table's summary body; see tlsm.scan.parse_summary."""
+    cdef bytes data = bytes(body)
+    cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(data), length
+    cdef dict summary = {}
+    while pos < end:
+        if pos + SUMMARY_ENTRY_BYTES > end:
+            raise ValueError("truncated summary entry", pos)
+        length = buf[pos] | (buf[pos + 1] << 8)
+        if pos + SUMMARY_ENTRY_BYTES + length > end:
+            raise ValueError("summary overruns its block", 0)
+        summary[PyBytes_FromStringAndSize(
+            <const char*>buf + pos + SUMMARY_ENTRY_BYTES, length)] = (
+            _u64(buf + pos + 2), _u64(buf + pos + 10), _u64(buf + pos + 18))
+        pos += SUMMARY_ENTRY_BYTES + length
+    return summary
+
+
+cdef class BlockCache:
+    """Cython twin of tlsm.scan.BlockCache; see there.
+
+    Needs no lock: every method runs with the GIL held and calls nothing
+    that runs Python code, except that freeing an evicted body may start a
+    garbage collection. A move_to_end that finds its key evicted meanwhile
+    is therefore tolerated.
+    """
+
+    def __init__(self, capacity_bytes):
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items = OrderedDict()
+
+    cdef object lookup(self, object key):
+        item = self._items.get(key)
+        if item is None:
+            self.misses += 1
+            return None
+        try:
+            self._items.move_to_end(key)
+        except KeyError:
+            pass
+        self.hits += 1
+        return (<tuple>item)[0]
+
+    def get(self, key):
+        """Return the body cached under key, or None; see tlsm.scan.BlockCache."""
+        return self.lookup(key)
+
+    def put(self, key, body, Py_ssize_t charge):
+        """Cache body under key; see tlsm.scan.BlockCache."""
+        if charge > self.capacity_bytes:
+            return
+        if key in self._items:
+            return
+        self._items[key] = (body, charge)
+        self.used_bytes += charge
+        while self.used_bytes > self.capacity_bytes and self._items:
+            _, item = self._items.popitem(last=False)
+            self.used_bytes -= <Py_ssize_t>(<tuple>item)[1]
+
+    def evict_file(self, file_number):
+        """Drop every body of table file file_number."""
+        for key in [k for k in self._items if k[0] == file_number]:
+            item = self._items.pop(key, None)
+            if item is not None:
+                self.used_bytes -= <Py_ssize_t>(<tuple>item)[1]
+
+
+cdef inline int _compare_index_key(tuple item, const char* timeline,
+                                   Py_ssize_t length, uint64_t seq,
+                                   bint above_max) except? -2:
+    """Return <0, 0 or >0 as an index key sorts before, at or after the key."""
+    cdef bytes item_timeline = <bytes>item[0]
+    cdef Py_ssize_t item_length = PyBytes_GET_SIZE(item_timeline)
+    cdef int order = memcmp(PyBytes_AS_STRING(item_timeline), timeline,
+                            min(item_length, length))
+    cdef uint64_t item_seq
+    if order != 0:
+        return order
+    if item_length != length:
+        return -1 if item_length < length else 1
+    if above_max:
+        return -1
+    item_seq = item[1]
+    if item_seq != seq:
+        return -1 if item_seq < seq else 1
+    return 0
+
+
+cdef Py_ssize_t _bisect_index(list index_keys, bytes timeline_id, uint64_t seq,
+                              bint above_max) except -1:
+    """Return the first position whose key is >= (timeline_id, seq), like bisect."""
+    cdef Py_ssize_t low = 0, high = PyList_GET_SIZE(index_keys), middle
+    cdef const char* timeline = PyBytes_AS_STRING(timeline_id)
+    cdef Py_ssize_t length = PyBytes_GET_SIZE(timeline_id)
+    while low < high:
+        middle = (low + high) // 2
+        if _compare_index_key(<tuple>PyList_GET_ITEM(index_keys, middle), timeline,
+                              length, seq, above_max) < 0:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+cpdef Py_ssize_t collect_table(object table, bytes timeline_id, uint64_t start,
+                               object end, bint reverse, uint64_t now_ms,
+                               Py_ssize_t limit, list out) except -1:
+    """Append live pairs of a range in a table to out; see tlsm.scan.collect_table."""
+    cdef list index_keys = table.index_keys
+    cdef Py_ssize_t block_count = PyList_GET_SIZE(index_keys)
+    cdef Py_ssize_t before = PyList_GET_SIZE(out)
+    cdef Py_ssize_t wanted = before + limit
+    cdef Py_ssize_t index, step
+    cdef bint unbounded = end > MAX_SEQ
+    cdef uint64_t end_seq = MAX_SEQ if unbounded else <uint64_t>end
+    cdef object cache = table._cache
+    cdef object file_number = table.file_number
+    cdef BlockCache fast_cache = cache if type(cache) is BlockCache else None
+    if reverse:
+        index = min(_bisect_index(index_keys, timeline_id, end_seq, unbounded),
+                    block_count - 1)
+        step = -1
+    else:
+        index = _bisect_index(index_keys, timeline_id, start, False)
+        step = 1
+    while 0 <= index < block_count and PyList_GET_SIZE(out) < wanted:
+        body = None
+        if fast_cache is not None:
+            body = fast_cache.lookup((file_number, index))
+            if body is None:
+                body = table.load_body(index)
+        else:
+            body = table.read_body(index)
+        try:
+            if PyBytes_CheckExact(body):
+                more = _scan_block_bytes(
+                    <const uint8_t*>PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body),
+                    timeline_id, start, end_seq, unbounded, reverse, now_ms,
+                    wanted - PyList_GET_SIZE(out), out)
+            else:
+                more = scan_block(body, timeline_id, start, end, reverse, now_ms,
+                                  wanted - PyList_GET_SIZE(out), out)
+        except CorruptionError as exc:
+            raise table.block_error(index, exc) from None
+        if not more:
+            break
+        index += step
+    return PyList_GET_SIZE(out) - before
+
+
+cdef struct _Source:
+    uint64_t first
+    uint64_t last
+    # A borrowed reference: a memtable run (a tuple) or a table, kept alive
+    # by the runs and tables arguments.
+    PyObject* holder
+    Py_ssize_t low
+    Py_ssize_t high
+
+
+cdef Py_ssize_t _bisect_seqs(list seqs, uint64_t seq, bint above_max,
+                             Py_ssize_t low, Py_ssize_t high) except -1:
+    """Return the first position in low..high whose seq is >= seq, like bisect."""
+    cdef Py_ssize_t middle
+    cdef uint64_t value
+    if above_max:
+        return high
+    while low < high:
+        middle = (low + high) // 2
+        value = <object>PyList_GET_ITEM(seqs, middle)
+        if value < seq:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+cdef int _collect_ordered(_Source* sources, Py_ssize_t count, bytes timeline_id,
+                          uint64_t low, object high, bint reverse, uint64_t now_ms,
+                          Py_ssize_t wanted, list out) except -1:
+    cdef Py_ssize_t i, position
+    cdef object holder
+    for i in range(count):
+        position = count - 1 - i if reverse else i
+        if PyList_GET_SIZE(out) >= wanted:
+            break
+        holder = <object>sources[position].holder
+        if type(holder) is tuple:
+            collect_run(<tuple>holder, sources[position].low, sources[position].high,
+                        reverse, now_ms, wanted - PyList_GET_SIZE(out), out)
+        else:
+            collect_table(holder, timeline_id, low, high, reverse, now_ms,
+                          wanted - PyList_GET_SIZE(out), out)
+    return 0
+
+
+def collect_range(list runs, tuple tables, bytes timeline_id, uint64_t low,
+                  object high, object memory_end, bint reverse, uint64_t now_ms,
+                  Py_ssize_t limit, list out):
+    """Append live pairs of a range from its sources; see tlsm.scan.collect_range."""
+    cdef Py_ssize_t capacity = PyList_GET_SIZE(runs) + len(tables)
+    cdef _Source stack_sources[16]
+    cdef _Source* sources = stack_sources
+    cdef Py_ssize_t count = 0, i, j, length, first, last
+    cdef _Source moving
+    cdef list seqs
+    cdef uint64_t span_first, span_last
+    cdef bint high_above_max = high > MAX_SEQ
+    # Inclusive upper bounds: high >= 1 because low < high.
+    cdef uint64_t last_seq = MAX_SEQ if high_above_max else <uint64_t>(high - 1)
+    memory_high = min(high, memory_end)
+    cdef bint memory_above_max = memory_high > MAX_SEQ
+    cdef uint64_t memory_seq = 0 if memory_above_max else <uint64_t>memory_high
+    cdef PyObject* found
+    if capacity > 16:
+        sources = <_Source*>PyMem_Malloc(capacity * sizeof(_Source))
+        if sources == NULL:
+            raise MemoryError()
+    try:
+        for item in runs:
+            run = (<tuple>item)[0]
+            length = (<tuple>item)[1]
+            seqs = <list>(<tuple>run)[0]
+            first = _bisect_seqs(seqs, low, False, 0, length)
+            last = _bisect_seqs(seqs, memory_seq, memory_above_max, first, length)
+            if first < last:
+                sources[count].first = <object>PyList_GET_ITEM(seqs, first)
+                sources[count].last = <object>PyList_GET_ITEM(seqs, last - 1)
+                sources[count].holder = <PyObject*>run
+                sources[count].low = first
+                sources[count].high = last
+                count += 1
+        for table in tables:
+            if table._loaded:
+                found = PyDict_GetItem(table.summary, timeline_id)
+                span = None if found == NULL else <object>found
+            else:
+                span = table.span(timeline_id)
+            if span is None or not (<tuple>span)[2]:
+                continue
+            span_first = max(<uint64_t>(<tuple>span)[0], low)
+            span_last = min(<uint64_t>(<tuple>span)[1], last_seq)
+            if span_first <= span_last:
+                sources[count].first = span_first
+                sources[count].last = span_last
+                sources[count].holder = <PyObject*>table
+                sources[count].low = 0
+                sources[count].high = 0
+                count += 1
+        # Insertion sort by first seq: newer sources, listed first, usually
+        # hold higher seqs, and there are few of them.
+        for i in range(1, count):
+            moving = sources[i]
+            j = i - 1
+            while j >= 0 and sources[j].first > moving.first:
+                sources[j + 1] = sources[j]
+                j -= 1
+            sources[j + 1] = moving
+        for i in range(1, count):
+            if sources[i - 1].last >= sources[i].first:
+                return False
+        _collect_ordered(sources, count, timeline_id, low, high, reverse, now_ms,
+                         PyList_GET_SIZE(out) + limit, out)
+        return True
+    finally:
+        if sources != stack_sources:
+            PyMem_Free(sources)
