@@ -280,3 +280,43 @@ def test_client_disconnect_while_blocked(shared_server, client):
     sock.close()
     assert client.execute_command("TL.APPEND", timeline_id, b"x") == 1
     assert client.ping()
+
+
+# -- deletes ----------------------------------------------------------------------
+
+
+def test_pull_on_deleted_timeline_gets_deleted_error(pool, shared_server, client):
+    import redis
+
+    timeline_id = name("gone")
+    client.execute_command("TL.APPEND", timeline_id, b"old")
+    future = start_blocked(
+        pool,
+        shared_server,
+        client,
+        "TL.PULL",
+        "BLOCK",
+        0,
+        "TIMELINES",
+        timeline_id,
+        "$",
+    )
+    assert client.execute_command("TL.DELTIMELINE", timeline_id) == b"OK"
+    with pytest.raises(redis.ResponseError, match="^DELETED .*continue above seq 1"):
+        future.result(HANG_LIMIT_SECONDS)
+    assert client.execute_command("TL.RANGE", timeline_id, "-", "+") == []
+    assert client.execute_command("TL.APPEND", timeline_id, b"new") == 2
+
+
+def test_del_and_trim_commands(client):
+    timeline_id = name("trim")
+    for index in range(10):
+        client.execute_command("TL.APPEND", timeline_id, b"%d" % index)
+    assert client.execute_command("TL.DEL", timeline_id, 5) == 1
+    assert client.execute_command("TL.DEL", timeline_id, 5) == 0
+    assert client.execute_command("TL.TRIM", timeline_id, 4) == b"OK"
+    seqs = [
+        entry[0] for entry in client.execute_command("TL.RANGE", timeline_id, "-", "+")
+    ]
+    assert seqs == [4, 6, 7, 8, 9, 10]
+    assert client.execute_command("TL.LAST", timeline_id) == 10

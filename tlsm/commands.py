@@ -202,6 +202,41 @@ def cmd_tl_append(conn, args):
     return b":%d\r\n" % seq
 
 
+def cmd_tl_del(conn, args):
+    """TL.DEL timeline seq -> 1 when an entry was deleted, else 0."""
+    timeline_id = args[1]
+    check_writable(timeline_id)
+    seq = parse_seq(args[2])
+    if conn.db.get(timeline_id, seq) is None:
+        return b":0\r\n"
+    conn.db.delete(timeline_id, seq)
+    return b":1\r\n"
+
+
+def cmd_tl_trim(conn, args):
+    """TL.TRIM timeline before_seq -> OK; deletes every entry below before_seq."""
+    timeline_id = args[1]
+    check_writable(timeline_id)
+    conn.db.trim(timeline_id, parse_seq(args[2], "before_seq"))
+    return reply.OK
+
+
+def cmd_tl_deltimeline(conn, args):
+    """TL.DELTIMELINE timeline -> OK; blocked readers of it get a DELETED error."""
+    timeline_id = args[1]
+    check_writable(timeline_id)
+    conn.db.delete_timeline(timeline_id)
+    last = conn.db.last_seq(timeline_id)
+    conn.server.notify_deleted(
+        (timeline_id,),
+        reply.error(
+            f"DELETED timeline '{show_arg(timeline_id)}' was deleted while this "
+            f"read waited; new appends continue above seq {last}"
+        ),
+    )
+    return reply.OK
+
+
 def cmd_tl_mappend(conn, args):
     """TL.MAPPEND timeline payload [timeline payload ...] -> array of seqs."""
     if len(args) % 2 == 0:
@@ -639,6 +674,15 @@ _TABLE = [
     ("tl.mappend", cmd_tl_mappend, -3, ("write",), "timeline",
      "Append to several timelines in one atomic batch and return the seqs.",
      [_arg("pair", "block", multiple=True, parts=[_TIMELINE, _arg("payload")])]),
+    ("tl.del", cmd_tl_del, 3, ("write", "fast"), "timeline",
+     "Delete the entry at a seq; return 1 if there was one, else 0.",
+     [_TIMELINE, _arg("seq", "integer")]),
+    ("tl.trim", cmd_tl_trim, 3, ("write", "fast"), "timeline",
+     "Delete every entry below a seq, as one range tombstone.",
+     [_TIMELINE, _arg("before_seq", "integer")]),
+    ("tl.deltimeline", cmd_tl_deltimeline, 2, ("write", "fast"), "timeline",
+     "Delete every entry of a timeline; its seqs continue above the last.",
+     [_TIMELINE]),
     ("tl.get", cmd_tl_get, 3, ("readonly", "fast"), "timeline",
      "Return the payload at a seq, or null.",
      [_TIMELINE, _arg("seq", "integer")]),

@@ -231,6 +231,13 @@ class Server:
             self._retry_scheduled = True
             self._loop.call_soon(self._retry_ready)
 
+    def notify_deleted(self, timeline_ids, error_reply):
+        """End every wait on timeline_ids with error_reply (the timeline is gone)."""
+        for timeline_id in timeline_ids:
+            for wait in list(self._waits.get(timeline_id, ())):
+                if not wait.done:
+                    self.finish_wait(wait, error_reply)
+
     def _retry_ready(self):
         self._retry_scheduled = False
         ready, self._ready = self._ready, set()
