@@ -30,6 +30,8 @@ engine.
 
 import asyncio
 import collections
+import concurrent.futures
+import functools
 import logging
 import os
 import signal
@@ -66,6 +68,7 @@ SHUTDOWN_FLUSH_SECONDS = 5.0
 
 # First words of an HTTP POST request; such a connection is closed unanswered.
 _HTTP_WORDS = frozenset((b"post", b"host:"))
+
 
 class ServerConfig:
     """Settings of one server; every field has the `tlsm serve` default."""
@@ -158,6 +161,10 @@ class Server:
         self._held_replies = []
         self.group_commits = 0
         self.group_fsyncs = 0
+        self._fsync_running = False
+        self._fsync_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tlsm-fsync"
+        )
         self._storage_warned = {}
 
     async def start(self):
@@ -170,28 +177,44 @@ class Server:
         self.port = self._listener.sockets[0].getsockname()[1]
 
     def hold_reply(self, conn, data):
-        """Queue a reply until the next group fsync; schedule that fsync."""
-        if not self._held_replies:
+        """Queue a reply until an fsync covers its write; schedule that fsync."""
+        if not self._held_replies and not self._fsync_running:
             self._loop.call_soon(self._commit_group)
         self._held_replies.append((conn, data))
 
     def _commit_group(self):
-        """Fsync the log once, then send every held reply in arrival order."""
+        """Start one fsync, in the fsync thread, for every reply held so far.
+
+        The event loop goes on serving requests while the disk syncs; their
+        replies wait for the next fsync, which starts when this one ends.
+        Each reply therefore goes out only after an fsync that began after
+        its write was in the log, and replies keep their order.
+        """
+        if self._fsync_running or not self._held_replies:
+            return
         held, self._held_replies = self._held_replies, []
         self.group_commits += 1
-        try:
-            if self.db.sync():
-                self.group_fsyncs += 1
-        except Exception as exc:  # noqa: BLE001 - clients must learn of it
+        self._fsync_running = True
+        future = self._loop.run_in_executor(self._fsync_thread, self.db.sync)
+        future.add_done_callback(functools.partial(self._group_synced, held))
+
+    def _group_synced(self, held, future):
+        """Send the replies of a finished group fsync, then start the next one."""
+        self._fsync_running = False
+        exc = future.exception()
+        if exc is not None:
             log.error("group fsync failed, closing %d connections: %s", len(held), exc)
             for conn, _ in held:
                 conn.abort_unsynced()
-            return
-        for conn, data in held:
-            if data is None:
-                conn.transport.close()
-            else:
-                conn.send(data)
+        else:
+            if future.result():
+                self.group_fsyncs += 1
+            for conn, data in held:
+                if data is None:
+                    conn.transport.close()
+                else:
+                    conn.send(data)
+        self._commit_group()
 
     def new_client_id(self):
         client_id = self._next_client_id
@@ -375,6 +398,9 @@ class Server:
             )
             conn.transport.abort()
         await self._listener.wait_closed()
+        while self._fsync_running:
+            await asyncio.sleep(0.001)
+        self._fsync_thread.shutdown(wait=True)
 
 
 def _flatten_stats(out, prefix, value):
@@ -702,7 +728,9 @@ def run(config):
     import tlsm
 
     if os.path.exists(config.data_dir) and not os.path.isdir(config.data_dir):
-        log.error("cannot open data dir %s: it is a file, not a directory", config.data_dir)
+        log.error(
+            "cannot open data dir %s: it is a file, not a directory", config.data_dir
+        )
         return 1
     try:
         os.makedirs(config.data_dir, exist_ok=True)
