@@ -9,41 +9,11 @@ import argparse
 import logging
 import sys
 
-from . import im, replay, server
-from .keys import DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES_LIMIT
+from . import argtypes, im, replay, server
+from .keys import DEFAULT_MAX_PAYLOAD_BYTES
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-def _integer(text):
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-
-
-def _port(text):
-    value = _integer(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")
-    return value
-
-
-def _positive(text):
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _payload_limit(text):
-    value = _integer(text)
-    if not 1 <= value <= MAX_PAYLOAD_BYTES_LIMIT:
-        raise argparse.ArgumentTypeError(
-            f"must be in 1..{MAX_PAYLOAD_BYTES_LIMIT} bytes, got {value}"
-        )
-    return value
 
 
 def build_parser():
@@ -77,7 +47,7 @@ def build_parser():
     )
     serve.add_argument(
         "--port",
-        type=_port,
+        type=argtypes.port,
         default=server.DEFAULT_PORT,
         help=f"TCP port; 0 picks a free one (default: {server.DEFAULT_PORT})",
     )
@@ -107,48 +77,48 @@ def build_parser():
     )
     serve.add_argument(
         "--sync-interval-ms",
-        type=_positive,
+        type=argtypes.positive,
         default=100,
         help="fsync period of --sync periodic, in milliseconds (default: 100)",
     )
     serve.add_argument(
         "--max-payload-bytes",
-        type=_payload_limit,
+        type=argtypes.payload_limit,
         default=DEFAULT_MAX_PAYLOAD_BYTES,
         help="largest payload accepted, in bytes "
         f"(default: {DEFAULT_MAX_PAYLOAD_BYTES})",
     )
     serve.add_argument(
         "--max-input-bytes",
-        type=_positive,
+        type=argtypes.positive,
         default=server.DEFAULT_MAX_INPUT_BYTES,
         help="unprocessed request bytes one client may have buffered before the "
         f"server closes its connection (default: {server.DEFAULT_MAX_INPUT_BYTES})",
     )
     serve.add_argument(
         "--max-output-bytes",
-        type=_positive,
+        type=argtypes.positive,
         default=server.DEFAULT_MAX_OUTPUT_BYTES,
         help="unread reply bytes one client may have buffered before the server "
         f"closes its connection (default: {server.DEFAULT_MAX_OUTPUT_BYTES})",
     )
     serve.add_argument(
         "--sync-ttl-seconds",
-        type=_positive,
+        type=argtypes.positive,
         default=im.DEFAULT_SYNC_TTL_SECONDS,
         help="how long IM sync entries are kept, in seconds; a cursor older than "
         f"this gets a RESYNC error (default: {im.DEFAULT_SYNC_TTL_SECONDS}, 7 days)",
     )
     serve.add_argument(
         "--idempotency-window-seconds",
-        type=_positive,
+        type=argtypes.positive,
         default=im.DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
         help="how long IM.SEND remembers a (sender, client message id), in seconds "
         f"(default: {im.DEFAULT_IDEMPOTENCY_WINDOW_SECONDS}, 1 day)",
     )
     serve.add_argument(
         "--fanout-threshold",
-        type=_positive,
+        type=argtypes.positive,
         default=im.DEFAULT_FANOUT_THRESHOLD,
         help="conversations with more members than this use read fan-out, the "
         "others write fan-out; IM.POLICY overrides it per conversation "

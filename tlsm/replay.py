@@ -48,7 +48,6 @@ Exit status: 0 when everything matches, 1 when verification fails, and 2 when
 the input is invalid or the server is unreachable or returns an error.
 """
 
-import argparse
 import array
 import asyncio
 import functools
@@ -60,6 +59,7 @@ import time
 import hiredis
 from tqdm import tqdm
 
+from . import argtypes
 from .errors import InvalidArgumentError
 from .replay_check import (
     DeliveryChecker,
@@ -81,20 +81,6 @@ EXIT_ERROR = 2
 DRAIN_CONNECTIONS = 16
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
 def add_arguments(parser):
     """Add the replay options to an argparse parser."""
     parser.add_argument("file", help="chat log as gzip-compressed JSON lines")
@@ -102,31 +88,37 @@ def add_arguments(parser):
     parser.add_argument("--port", type=int, default=7379, help="server port")
     parser.add_argument(
         "--limit",
-        type=_non_negative_int,
+        type=argtypes.non_negative,
         default=None,
         help="replay only the first N messages",
     )
     parser.add_argument(
         "--devices-per-member",
-        type=_positive_int,
+        type=argtypes.positive,
         default=2,
         help="simulated devices per member, each with its own checkpoint",
     )
     parser.add_argument(
-        "--window", type=_positive_int, default=128, help="IM.SEND commands in flight"
+        "--window",
+        type=argtypes.positive,
+        default=128,
+        help="IM.SEND commands in flight",
     )
     parser.add_argument(
-        "--count", type=_positive_int, default=1000, help="IM.SYNC page size (COUNT)"
+        "--count",
+        type=argtypes.positive,
+        default=1000,
+        help="IM.SYNC page size (COUNT)",
     )
     parser.add_argument(
         "--block-ms",
-        type=_positive_int,
+        type=argtypes.positive,
         default=250,
         help="IM.SYNC BLOCK timeout of online devices, in milliseconds",
     )
     parser.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=argtypes.positive,
         default=512,
         help="connections for online devices, so at most this many are online",
     )
@@ -143,14 +135,14 @@ def add_arguments(parser):
     )
     parser.add_argument(
         "--fanout-threshold",
-        type=_positive_int,
+        type=argtypes.positive,
         default=None,
         help="set this fan-out threshold on every conversation with IM.POLICY "
         "(default: the server's --fanout-threshold)",
     )
     parser.add_argument(
         "--retry-every",
-        type=_non_negative_int,
+        type=argtypes.non_negative,
         default=1000,
         help="send every Nth IM.SEND twice with the same client message id and "
         "check both replies agree; 0 turns retries off (default: 1000)",
