@@ -5,7 +5,7 @@
 
 Starts `tlsm serve` on a free loopback port, runs `tlsm replay FILE` against
 it with an acknowledgement log, and kills the server with SIGKILL once the
-log holds K acknowledged IM.SENDs. It then restarts the server on the same
+log contains K acknowledged IM.SENDs. It then restarts the server on the same
 data directory and checks through it that:
 
 - each conversation's store timeline is a prefix of its messages in input
