@@ -11,7 +11,8 @@ and reads any entry or range by seq in either direction.
             ...
 """
 
-from .db import DB, DEFAULT_OPTIONS
+from .db import DB
+from .options import DEFAULT_OPTIONS
 from .errors import (
     ClosedError,
     CorruptionError,

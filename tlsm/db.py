@@ -20,11 +20,8 @@ memtable before that flush ends waits for it (a write stall, bounded by one
 flush). The same thread compacts (see tlsm.compaction). Reads are in
 tlsm.reads.
 
-Recovery (open): read the manifest, replay every log it does not mark as
-flushed into a memtable, write that memtable to a level-0 table, start a
-new log, save the manifest, then delete the flushed logs and any table file
-the manifest does not name (the output of an interrupted flush or
-compaction). The next seq of a timeline is one above the highest seq found
+Opening replays unflushed logs (tlsm.recovery); options are validated in
+tlsm.options. The next seq of a timeline is one above the highest seq found
 in any memtable or table summary, so it continues above every acknowledged
 seq, deleted and expired ones included.
 
@@ -43,47 +40,24 @@ import time
 from . import keys
 from . import tombstones as tomb
 from .compaction import MaintenanceMixin
-from .errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
+from .errors import ClosedError, InvalidArgumentError, StorageIOError
 from .fs import OsFileSystem
-from .manifest import Manifest, log_file_name, table_file_name
+from .manifest import log_file_name, table_file_name
 from .memtable import Memtable
+from .options import check_options
 from .reads import ReadMixin
+from .recovery import RecoveryMixin
 from .sstable import BlockCache, SSTable
 from .table import OP_APPEND, Table, WriteBatch, check_sync_flag, check_ttl
-from .wal import LogWriter, encode_batch, read_log
+from .wal import LogWriter, encode_batch
 from .writer import FastWriter
 
 log = logging.getLogger(__name__)
-
-SYNC_MODES = ("none", "periodic", "always", "group")
-# tolerate_tail: cut a damaged log tail, but refuse to open when intact
-# records follow damage, since dropping them would lose acknowledged writes.
-# point_in_time: keep everything before the first damaged record, drop the rest.
-WAL_RECOVERY_MODES = ("tolerate_tail", "point_in_time")
-
-DEFAULT_OPTIONS = {
-    "sync": "none",
-    "sync_interval_ms": 100,
-    "memtable_bytes": 32 * 1024 * 1024,
-    "block_bytes": 4096,
-    "block_cache_bytes": 64 * 1024 * 1024,
-    "compression": True,
-    "level_fanout": 4,
-    "l0_stop_files": 12,
-    "expiry_check_seconds": 60.0,
-    "max_payload_bytes": keys.DEFAULT_MAX_PAYLOAD_BYTES,
-    "max_batch_bytes": 64 * 1024 * 1024,
-    "create_if_missing": True,
-    "wal_recovery": "tolerate_tail",
-    "clock": None,
-    "fs": None,
-}
 
 # The largest first allocation of a log file. A log holds about one
 # memtable of records, so it is preallocated at memtable_bytes up to this.
 _MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 
-_FILE_NAME = re.compile(r"^(\d{6,})\.(log|sst)$")
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -97,60 +71,7 @@ class _Version:
         self.tables = tables
 
 
-def _check_options(options):
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown option(s) {', '.join(sorted(unknown))}; "
-            f"valid options: {', '.join(sorted(DEFAULT_OPTIONS))}"
-        )
-    merged = dict(DEFAULT_OPTIONS, **options)
-    if merged["wal_recovery"] not in WAL_RECOVERY_MODES:
-        raise InvalidArgumentError(
-            f"wal_recovery={merged['wal_recovery']!r} is invalid; use one of "
-            f"{', '.join(WAL_RECOVERY_MODES)}"
-        )
-    if merged["sync"] not in SYNC_MODES:
-        raise InvalidArgumentError(
-            f"sync={merged['sync']!r} is invalid; use one of {', '.join(SYNC_MODES)}"
-        )
-    for name, low in (
-        ("memtable_bytes", 4096),
-        ("block_bytes", 256),
-        ("block_cache_bytes", 0),
-        ("level_fanout", 2),
-        ("max_payload_bytes", 1),
-        ("max_batch_bytes", 1),
-        ("sync_interval_ms", 1),
-        ("l0_stop_files", 2),
-    ):
-        value = merged[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidArgumentError(
-                f"option {name}={value!r} must be an int >= {low}"
-            )
-    if merged["l0_stop_files"] < merged["level_fanout"]:
-        # Level 0 compacts at level_fanout tables; a lower stop would wait forever.
-        raise InvalidArgumentError(
-            f"option l0_stop_files={merged['l0_stop_files']} must be >= "
-            f"level_fanout={merged['level_fanout']}"
-        )
-    if merged["max_payload_bytes"] > keys.MAX_PAYLOAD_BYTES_LIMIT:
-        raise InvalidArgumentError(
-            f"option max_payload_bytes={merged['max_payload_bytes']} is above the "
-            f"limit of {keys.MAX_PAYLOAD_BYTES_LIMIT}"
-        )
-    check = merged["expiry_check_seconds"]
-    if isinstance(check, bool) or not isinstance(check, (int, float)) or check <= 0:
-        raise InvalidArgumentError(f"option expiry_check_seconds={check!r} must be > 0")
-    if merged["clock"] is not None and not callable(merged["clock"]):
-        raise InvalidArgumentError(
-            "option clock must be a callable returning Unix seconds"
-        )
-    return merged
-
-
-class DB(ReadMixin, MaintenanceMixin):
+class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
     """A tlsm database in one directory. Use tlsm.open() to create one.
 
     All methods are thread-safe. A DB is a context manager that closes on
@@ -159,7 +80,7 @@ class DB(ReadMixin, MaintenanceMixin):
     """
 
     def __init__(self, path, **options):
-        self._options = _check_options(options)
+        self._options = check_options(options)
         self.path = os.fspath(path)
         self._fs = self._options["fs"] or OsFileSystem()
         self._clock = self._options["clock"] or time.time
@@ -234,134 +155,6 @@ class DB(ReadMixin, MaintenanceMixin):
         self._background_failure = exc
         if exc is not None:
             self._fast.disable()
-
-    # -- open and recovery ---------------------------------------------
-
-    def _open(self):
-        fs = self._fs
-        if not fs.exists(self.path):
-            if not self._options["create_if_missing"]:
-                raise InvalidArgumentError(
-                    f"data directory {self.path} does not exist (create_if_missing=False)"
-                )
-            fs.makedirs(self.path)
-        self._lock_token = fs.lock(os.path.join(self.path, "LOCK"))
-        try:
-            self._recover()
-        except BaseException:
-            fs.unlock(self._lock_token)
-            self._lock_token = None
-            raise
-
-    def _recover(self):
-        fs = self._fs
-        started = time.monotonic()
-        manifest = Manifest.load(fs, self.path)
-        numbers = {"log": [], "sst": []}
-        for name in fs.listdir(self.path):
-            match = _FILE_NAME.match(name)
-            if match:
-                numbers[match.group(2)].append(int(match.group(1)))
-        if manifest is None and numbers["sst"]:
-            # Opening as a new database would delete every table as unlisted.
-            raise CorruptionError(
-                f"{self.path}: MANIFEST is missing but {len(numbers['sst'])} table "
-                "files exist; rebuild it with python tools/repair_manifest.py "
-                f"{self.path}",
-                os.path.join(self.path, "MANIFEST"),
-            )
-        if manifest is None:
-            manifest = Manifest()
-        elif manifest.log_number and manifest.log_number not in numbers["log"]:
-            log.warning(
-                "%s: log %s, which the manifest lists as not yet flushed, is "
-                "missing; writes acknowledged since the last flush are lost",
-                self.path,
-                log_file_name(manifest.log_number),
-            )
-        highest = max(numbers["log"] + numbers["sst"], default=0)
-        # A log created after the last manifest save has a number the saved
-        # next_file_number does not cover; never hand that number out again.
-        manifest.next_file_number = max(manifest.next_file_number, highest + 1)
-        self._manifest = manifest
-        self._table_handles = {}
-        for name, spec in manifest.tables.items():
-            self._table_handles[name] = Table(self, name, spec["id"], spec["ttl"])
-        self._default = self._table_handles["default"]
-
-        self._tables = {}
-        for level in manifest.levels:
-            for info in level:
-                table = self._tables[info.number] = self._make_table(info)
-                table.open()
-                for key, start, end in table.tombstones:
-                    self._add_tombstone(key, start, end)
-
-        recovered = self._replay_logs(
-            sorted(n for n in numbers["log"] if n >= manifest.log_number)
-        )
-        if len(recovered) or recovered.tombstones:
-            info = self._write_memtable(recovered)
-            manifest.levels[0].insert(0, info)
-            self._tables[info.number] = self._make_table(info)
-            self._tables[info.number].open()
-
-        log_number = manifest.allocate_file_number()
-        self._log = self._create_log(log_number)
-        fs.sync_dir(self.path)
-        manifest.log_number = log_number
-        manifest.save(fs, self.path)
-
-        live = manifest.live_numbers()
-        for number in numbers["log"]:
-            fs.remove(os.path.join(self.path, log_file_name(number)))
-        for number in numbers["sst"]:
-            if number not in live:
-                log.warning(
-                    "removing table %s that the manifest does not list",
-                    table_file_name(number),
-                )
-                fs.remove(os.path.join(self.path, table_file_name(number)))
-
-        self._active = Memtable(log_number)
-        self._immutable = None
-        self._install_version()
-        log.info(
-            "opened %s: %d tables, %d log entries replayed, %d damaged bytes dropped, %.1f ms",
-            self.path,
-            len(self._tables),
-            self._stats["recovered_entries"],
-            self._stats["recovery_dropped_bytes"],
-            (time.monotonic() - started) * 1000,
-        )
-
-    def _replay_logs(self, log_numbers):
-        recovered = Memtable(0)
-        tolerate_tail = self._options["wal_recovery"] == "tolerate_tail"
-        for index, number in enumerate(log_numbers):
-            result = read_log(self._fs, os.path.join(self.path, log_file_name(number)))
-            is_last = index == len(log_numbers) - 1
-            if tolerate_tail and result.dropped_bytes and (result.intact_after or not is_last):
-                raise CorruptionError(
-                    f"{result.path}: damaged record at offset {result.valid_bytes} "
-                    f"({result.reason}) is followed by intact records, so it is not a "
-                    "torn tail; opening would drop acknowledged writes. Open with "
-                    "wal_recovery='point_in_time' (tlsm serve --wal-recovery "
-                    "point_in_time) to keep the records before it and drop the rest",
-                    result.path,
-                    result.valid_bytes,
-                )
-            self._stats["recovery_dropped_bytes"] += result.dropped_bytes
-            for batch in result.batches:
-                for key, seq, kind, expires_at, value in batch:
-                    if kind == keys.KIND_RANGE_DELETE:
-                        end = int.from_bytes(value, "little")
-                        recovered.add_tombstone(key, seq, end)
-                        self._add_tombstone(key, seq, end)
-                    else:
-                        recovered.add(key, seq, kind, expires_at, value)
-        self._stats["recovered_entries"] = len(recovered)
-        return recovered
 
     def _create_log(self, number):
         chunk_bytes = min(self._options["memtable_bytes"], _MAX_LOG_CHUNK_BYTES)

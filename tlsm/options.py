@@ -1,0 +1,85 @@
+"""Options of tlsm.open: their defaults and validation.
+
+tlsm.open's docstring describes what each option sets.
+"""
+
+from . import keys
+from .errors import InvalidArgumentError
+
+SYNC_MODES = ("none", "periodic", "always", "group")
+# tolerate_tail: cut a damaged log tail, but refuse to open when intact
+# records follow damage, since dropping them would lose acknowledged writes.
+# point_in_time: keep everything before the first damaged record, drop the rest.
+WAL_RECOVERY_MODES = ("tolerate_tail", "point_in_time")
+
+DEFAULT_OPTIONS = {
+    "sync": "none",
+    "sync_interval_ms": 100,
+    "memtable_bytes": 32 * 1024 * 1024,
+    "block_bytes": 4096,
+    "block_cache_bytes": 64 * 1024 * 1024,
+    "compression": True,
+    "level_fanout": 4,
+    "l0_stop_files": 12,
+    "expiry_check_seconds": 60.0,
+    "max_payload_bytes": keys.DEFAULT_MAX_PAYLOAD_BYTES,
+    "max_batch_bytes": 64 * 1024 * 1024,
+    "create_if_missing": True,
+    "wal_recovery": "tolerate_tail",
+    "clock": None,
+    "fs": None,
+}
+
+
+def check_options(options):
+    """Return options merged over DEFAULT_OPTIONS; raise InvalidArgumentError for bad ones."""
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; "
+            f"valid options: {', '.join(sorted(DEFAULT_OPTIONS))}"
+        )
+    merged = dict(DEFAULT_OPTIONS, **options)
+    if merged["wal_recovery"] not in WAL_RECOVERY_MODES:
+        raise InvalidArgumentError(
+            f"wal_recovery={merged['wal_recovery']!r} is invalid; use one of "
+            f"{', '.join(WAL_RECOVERY_MODES)}"
+        )
+    if merged["sync"] not in SYNC_MODES:
+        raise InvalidArgumentError(
+            f"sync={merged['sync']!r} is invalid; use one of {', '.join(SYNC_MODES)}"
+        )
+    for name, low in (
+        ("memtable_bytes", 4096),
+        ("block_bytes", 256),
+        ("block_cache_bytes", 0),
+        ("level_fanout", 2),
+        ("max_payload_bytes", 1),
+        ("max_batch_bytes", 1),
+        ("sync_interval_ms", 1),
+        ("l0_stop_files", 2),
+    ):
+        value = merged[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidArgumentError(
+                f"option {name}={value!r} must be an int >= {low}"
+            )
+    if merged["l0_stop_files"] < merged["level_fanout"]:
+        # Level 0 compacts at level_fanout tables; a lower stop would wait forever.
+        raise InvalidArgumentError(
+            f"option l0_stop_files={merged['l0_stop_files']} must be >= "
+            f"level_fanout={merged['level_fanout']}"
+        )
+    if merged["max_payload_bytes"] > keys.MAX_PAYLOAD_BYTES_LIMIT:
+        raise InvalidArgumentError(
+            f"option max_payload_bytes={merged['max_payload_bytes']} is above the "
+            f"limit of {keys.MAX_PAYLOAD_BYTES_LIMIT}"
+        )
+    check = merged["expiry_check_seconds"]
+    if isinstance(check, bool) or not isinstance(check, (int, float)) or check <= 0:
+        raise InvalidArgumentError(f"option expiry_check_seconds={check!r} must be > 0")
+    if merged["clock"] is not None and not callable(merged["clock"]):
+        raise InvalidArgumentError(
+            "option clock must be a callable returning Unix seconds"
+        )
+    return merged
