@@ -3,8 +3,8 @@
 Usage: python crash_writer.py DATA_DIR SYNC MEMTABLE_BYTES [exit_after [keep-tail]]
 
 Prints "timeline seq" on stdout after each append returns (an
-acknowledged write), flushing every line, so the parent knows exactly what
-was acknowledged when it sends SIGKILL. With exit_after, it stops after
+acknowledged write), flushing every line, so the parent learns exactly what
+was acknowledged before it sends SIGKILL. With exit_after, it stops after
 that many appends with os._exit, leaving the log unflushed and the
 database unclosed, as a crash would. Before exiting it cuts the log file
 after its last record, so the parent can tear or extend that record at the
@@ -18,9 +18,37 @@ the log bytes written by the fast path so far.
 """
 
 import os
+import signal
+import subprocess
 import sys
 
 import tlsm
+
+
+def kill_after(path, sync, memtable_bytes, lines_wanted):
+    """Run this script as a child, SIGKILL it after lines_wanted lines, return them all."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            str(path),
+            sync,
+            str(memtable_bytes),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    try:
+        for line in child.stdout:
+            lines.append(line)
+            if len(lines) >= lines_wanted:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    lines.extend(child.stdout.read().splitlines())
+    return lines
 
 
 def main():

@@ -2,11 +2,11 @@
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
+from crash_writer import kill_after
 
 import tlsm
 from tlsm.errors import CorruptionError
@@ -159,26 +159,14 @@ def test_missing_unflushed_log_is_warned(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     with tlsm.open(tmp_path):
         pass
-    assert any("is missing" in r.message and log_name in r.message for r in caplog.records)
+    assert any(
+        "is missing" in r.message and log_name in r.message for r in caplog.records
+    )
 
 
 @pytest.mark.parametrize("sync", ["none", "always"])
 def test_kill_9_during_writes_keeps_acknowledged(tmp_path, sync):
-    child = subprocess.Popen(
-        [sys.executable, WRITER, str(tmp_path), sync, "65536"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    try:
-        for line in child.stdout:
-            lines.append(line)
-            if len(lines) >= 3000:
-                break
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    lines.extend(child.stdout.read().splitlines())
+    lines = kill_after(tmp_path, sync, 65536, 3000)
     acked = _acknowledged(lines)
     assert len(acked) >= 3000
     highest = {}

@@ -2,14 +2,14 @@
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
+from crash_writer import kill_after
+from faultfs import FaultFileSystem
 
 import tlsm
-from faultfs import FaultFileSystem
 from tlsm import wal
 from tlsm.errors import StorageIOError
 from tlsm.fs import LOG_ALIGN_BYTES, OsFileSystem
@@ -161,21 +161,7 @@ def _fast_path_bytes(lines):
 
 
 def test_preallocated_log_recovers_after_kill_9(tmp_path):
-    child = subprocess.Popen(
-        [sys.executable, WRITER, str(tmp_path), "none", "1048576"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    try:
-        for line in child.stdout:
-            lines.append(line)
-            if len(lines) >= 2000:
-                break
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    lines.extend(child.stdout.read().splitlines())
+    lines = kill_after(tmp_path, "none", 1048576, 2000)
     assert _fast_path_bytes(lines)[-1] > 0
     (log_name,) = [n for n in os.listdir(tmp_path) if n.endswith(".log")]
     assert os.path.getsize(tmp_path / log_name) % LOG_ALIGN_BYTES == 0

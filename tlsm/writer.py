@@ -41,25 +41,16 @@ is built, this module rebinds FastWriter to it, and the pure class stays
 reachable as ``PurePython.FastWriter``.
 """
 
-import struct
 import types
-import zlib
 
 from . import _impl
 from .keys import KIND_PUT, MAX_SEQ, MAX_TIMELINE_ID_BYTES
 from .memtable import new_run
-from .wal import RECORD_BATCH
+from .wal import encode_batch
 
 # Batches with more entries go to the general path, which assigns seqs with
 # a dict instead of the fast path's linear search for repeated timelines.
 MAX_FAST_BATCH = 64
-
-# The layout of tlsm.wal: record header, batch header, entry header.
-_HEADER = struct.Struct("<II")
-_BATCH_HEADER = struct.Struct("<BI")
-_ENTRY = struct.Struct("<BHQQI")
-_FIXED_BYTES = _HEADER.size + _BATCH_HEADER.size
-_ENTRY_BYTES = _ENTRY.size
 
 
 class FastWriter:
@@ -233,7 +224,9 @@ class FastWriter:
         log_file = self._log_file
         if memtable.approximate_bytes >= self._memtable_bytes:
             return False
-        record = _encode(entries)
+        record = encode_batch(
+            [(key, seq, KIND_PUT, 0, payload) for key, seq, payload in entries]
+        )
         start = log_file.size
         end = start + len(record)
         if end > log_file.capacity:
@@ -260,19 +253,6 @@ class FastWriter:
         self.wal_bytes += len(record)
         self.user_bytes += user_bytes
         return True
-
-
-def _encode(entries):
-    """Return the log record of (key, seq, payload) put entries (tlsm.wal layout)."""
-    parts = [_BATCH_HEADER.pack(RECORD_BATCH, len(entries))]
-    for key, seq, payload in entries:
-        parts.append(_ENTRY.pack(KIND_PUT, len(key), seq, 0, len(payload)))
-        parts.append(key)
-        parts.append(payload)
-    body = b"".join(parts)
-    length = struct.pack("<I", len(body))
-    crc = zlib.crc32(body, zlib.crc32(length))
-    return struct.pack("<I", crc) + length + body
 
 
 PurePython = types.SimpleNamespace(FastWriter=FastWriter)
