@@ -171,7 +171,9 @@ def test_level_zero_bounded_by_stall(tmp_path):
 
 
 def test_stop_below_fanout_is_rejected(tmp_path):
-    with pytest.raises(InvalidArgumentError, match="l0_stop_files=2 must be >= level_fanout=4"):
+    with pytest.raises(
+        InvalidArgumentError, match="l0_stop_files=2 must be >= level_fanout=4"
+    ):
         tlsm.open(tmp_path / "db", l0_stop_files=2)
 
 

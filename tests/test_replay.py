@@ -43,7 +43,7 @@ def system(channel, text):
 
 
 def wait_for_ping(client, process, log_path):
-    """Poll PING until the server answers; fail if it exits or never answers."""
+    """Poll PING until the server replies; fail if it exits or never replies."""
     for _ in range(200):
         if process.poll() is not None:
             pytest.fail(f"server exited with {process.returncode}, see {log_path}")

@@ -251,7 +251,9 @@ def test_damaged_table_gets_corruption_reply(tmp_path):
         (server.data_dir / table).write_bytes(bytes(data))
         server.restart()
         client = server.client()
-        with pytest.raises(redis.ResponseError, match="^CORRUPTION .*checksum mismatch"):
+        with pytest.raises(
+            redis.ResponseError, match="^CORRUPTION .*checksum mismatch"
+        ):
             client.execute_command("TL.RANGE", "damaged", "-", "+")
         assert client.execute_command("PING") is True
         assert "internal error" not in server.log_text()

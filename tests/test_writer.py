@@ -91,7 +91,9 @@ def test_twins_agree_on_random_calls(tmp_path, seed):
             pure[0].wal_bytes,
             pure[0].user_bytes,
         )
-    assert any(pure[4]) and None in pure[4] and 0 in pure[4]
+    assert any(pure[4])
+    assert None in pure[4]
+    assert 0 in pure[4]
     for fast, _, log_file, _, _ in states:
         fast.detach()
         log_file.close()
@@ -103,7 +105,9 @@ def test_fast_record_matches_encode_batch(tmp_path, cls):
     fast, memtable, log_file = _new_writer(cls, tmp_path, "log", last_seqs)
     table = _Table(b"\x00")
     assert fast.append(table, "a", b"one", None, None) == 5
-    assert fast.append_batch(table, [("b", b"x"), ("a", b"y"), ("b", b"z")], None, False) == [1, 6, 2]
+    assert fast.append_batch(
+        table, [("b", b"x"), ("a", b"y"), ("b", b"z")], None, False
+    ) == [1, 6, 2]
     expected = wal.encode_batch([(b"\x00a", 5, 1, 0, b"one")]) + wal.encode_batch(
         [
             (b"\x00b", 1, 1, 0, b"x"),
@@ -252,7 +256,9 @@ def test_batch_of_new_timelines_takes_fast_path(tmp_path):
         db.flush()
     with tlsm.open(tmp_path) as db:
         before = db._fast.wal_bytes
-        seqs = db.append_batch([(b"g:1", b"new")] + [(b"u:%d" % i, b"s") for i in range(20)])
+        seqs = db.append_batch(
+            [(b"g:1", b"new")] + [(b"u:%d" % i, b"s") for i in range(20)]
+        )
         assert db._fast.wal_bytes > before
         assert seqs == [6] + [1] * 20
         assert db.get(b"g:1", 6) == b"new"

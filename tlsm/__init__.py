@@ -47,10 +47,12 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
 
     Options (defaults in tlsm.DEFAULT_OPTIONS):
       sync: durability of each write before append() returns.
-        "none": the log record is written to the OS with write(). A process
-          crash loses nothing acknowledged; a power loss or kernel crash may
-          lose the writes of the last few seconds that the OS had not yet
-          written back, and seqs of lost writes may then be assigned again.
+        "none": the log record is copied into the memory-mapped log, so it
+          is in the OS page cache. A process crash loses nothing
+          acknowledged. A power loss or kernel crash may lose the writes the
+          OS had not yet written back (on Linux, dirty pages wait up to
+          vm.dirty_expire_centisecs, 30 s by default), and seqs of lost
+          writes may then be assigned again.
         "periodic": as "none", and a background thread fdatasyncs the log
           every sync_interval_ms. A process crash loses nothing
           acknowledged; a power loss loses at most the writes acknowledged

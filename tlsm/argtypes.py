@@ -35,7 +35,7 @@ def non_negative(text):
 
 
 def port(text):
-    """Parse a TCP port, 0 to 65535 (0 asks the OS for a free one)."""
+    """Parse a TCP port, 0 to 65535 (0 lets the OS pick a free one)."""
     value = integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {value}")

@@ -23,9 +23,9 @@ has expired, so expired data is reclaimed without waiting for writes.
 
 After open, background compaction waits for the first flush, or for one
 expiry check interval without one. A database closed in the middle of a
-compaction reopens with a full level, and merging it at once would hold
-the GIL through the first reads; the tree only needs the merge again once
-writes add tables.
+compaction reopens with a full level. Merging it at once would hold the
+GIL through the first reads, and the tree needs the merge only once writes
+add tables again.
 """
 
 import logging
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
-    """Raised inside a compaction when close() asks it to stop."""
+    """Raised inside a compaction when close() stops it."""
 
 
 def pick_level(levels, tables_by_number, fanout, now_ms):

@@ -185,10 +185,10 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
     def table(self, name, *, ttl=...):
         """Return the table called name, creating it if needed.
 
-        ttl (seconds, or None for no expiry) sets the table's default TTL:
-        given for a new table it is stored with it; given for an existing
-        table it replaces the stored default, which applies to entries
-        appended from then on. Omitted, a new table keeps entries forever.
+        ttl (seconds, or None for no expiry) sets the table's default TTL.
+        For a new table it is stored with the table. For an existing table
+        it replaces the stored default, which applies to entries appended
+        from then on. Without ttl, a new table keeps entries forever.
         Names are 1 to 64 characters of letters, digits, "_", "-" and ".".
         """
         self._current_version()

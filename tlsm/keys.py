@@ -13,7 +13,7 @@ from .errors import InvalidArgumentError
 # On disk: entry kinds in log records and table blocks.
 KIND_PUT = 1
 KIND_DELETE = 2
-# A range tombstone in the log: seq is the range start and the value holds
+# A range tombstone in the log: seq is the range start and the value contains
 # the exclusive end as a little-endian u64. Tables keep tombstones in their
 # own block, never among entries.
 KIND_RANGE_DELETE = 3

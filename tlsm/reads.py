@@ -26,8 +26,8 @@ from .memtable import SEQS, Memtable
 from .table import Snapshot
 
 _END = keys.MAX_SEQ + 1
-# Scans with a limit up to this collect their results into a list at once;
-# others yield lazily so that a huge timeline is never held whole.
+# Scans with a limit up to this collect their results into a list at once.
+# Others yield lazily, so a huge timeline is never held in memory whole.
 _EAGER_LIMIT = 4096
 # Entries a lazy scan copies from a memtable run at a time.
 _CHUNK_ENTRIES = 1024

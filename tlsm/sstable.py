@@ -446,8 +446,9 @@ class SSTable:
     def _excludes(self, timeline_id):
         """Return True when the bloom filter rules timeline_id out.
 
-        Only a table whose summary is not loaded asks the filter; a loaded
-        summary answers exactly and faster. Loads the summary otherwise.
+        Only a table whose summary is not loaded consults the filter,
+        because a loaded summary gives the exact result faster. When the
+        filter admits the timeline, the summary is loaded.
         """
         if self._loaded:
             return False

@@ -32,7 +32,9 @@ def check_ttl(ttl):
 def _pairs(entries):
     """Yield (timeline_id, payload) from entries, rejecting anything else."""
     if isinstance(entries, (str, bytes)):
-        raise InvalidArgumentError("entries must be a list of (timeline_id, payload) pairs")
+        raise InvalidArgumentError(
+            "entries must be a list of (timeline_id, payload) pairs"
+        )
     for entry in entries:
         if not isinstance(entry, (tuple, list)) or len(entry) != 2:
             raise InvalidArgumentError(

@@ -188,9 +188,12 @@ def _intact_record_at(data, pos):
 def read_log(fs, path):
     """Read every intact record of a log file.
 
-    Never raises for a damaged tail: it stops at the first incomplete or
-    corrupt record, logs a WARNING naming the file, offset and bytes
-    dropped, and returns the batches before it. The zero tail of a
+    Never raises for damage: it stops at the first incomplete or corrupt
+    record, logs a WARNING naming the file, offset and bytes dropped, and
+    returns the batches before it. ``intact_after`` of the result tells the
+    caller whether an intact record follows, meaning the damage is not a
+    torn tail. tlsm.recovery then fails the open unless wal_recovery is
+    "point_in_time". The zero tail of a
     preallocated log is not damage: it is logged at INFO and not counted
     in dropped_bytes.
     """

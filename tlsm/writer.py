@@ -13,7 +13,7 @@ when memory runs out): the general path raises the error it always did.
 The fast path applies only when all of these hold:
 - the writer is attached to a memtable and a log, and not disabled (the DB
   disables it for good on close and after a background failure);
-- nobody holds the DB's write lock, so no general-path write is running;
+- the DB's write lock is free, so no general-path write is running;
 - ttl is None, the table has no default TTL, and sync is False, or None
   while the DB's sync mode is not "always";
 - each timeline_id is non-empty str or bytes of at most
