@@ -42,10 +42,13 @@ def test_absent_timeline_skips_loading(tmp_path):
     assert table.max_seq(b"\x00zz-absent") == 0
     assert table.get(b"\x00zz-absent", 1) is None
     assert not table.may_contain(b"\x00zz-absent", 0, 100)
-    assert not table._loaded
+    assert table._summary_index is None
     assert table.max_seq(b"\x00b") == 50
-    assert table._loaded
+    assert table._summary_index is not None
+    assert table._index is None
+    assert not table._loaded
     assert table.get(b"\x00b", 7) == (b"\x00b", 7, 1, 0, b"v7")
+    assert table._index is not None
 
 
 def test_reopen_loads_only_footers(tmp_path):

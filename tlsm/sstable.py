@@ -43,9 +43,10 @@ import zlib
 import lz4.block
 
 from . import block as block_codec
-from . import bloom, scan
+from . import bloom, scan, table_index
 from .scan import BlockCache  # noqa: F401 (re-exported: DB and tests build it from here)
-from .errors import CorruptionError
+from .errors import CorruptionError, TlsmError
+from .open_files import OpenFileCache
 
 log = logging.getLogger(__name__)
 
@@ -251,59 +252,74 @@ class TableWriter:
         self._file.close()
 
 
-class _FileHandle:
-    """The open file of an SSTable, closed by the table's finalizer or close()."""
-
-    __slots__ = ("file",)
-
-    def __init__(self):
-        self.file = None
-
-    def close(self):
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+def _release_file(open_files, file_number, retired_pin):
+    """Drop the file of a dead SSTable (its finalizer, so it takes no table)."""
+    open_files.drop(file_number)
+    if retired_pin:
+        open_files.release(retired_pin[0])
 
 
 class SSTable:
     """A reader of one table file.
 
-    open() reads only the footer and the tombstones, so opening a database
-    with many tables stays fast; the index and summary load on first use.
+    open() reads only the footer, tombstones and bloom filter, so opening a
+    database with many tables stays fast. The summary is binary-searched in
+    its raw form (tlsm.table_index) from the first lookup of a timeline that
+    the bloom filter admits, and the index is parsed on the first block
+    read. The file is read through open_files, an OpenFileCache shared by
+    the tables of a DB. Without one, the table gets a cache of its own that
+    keeps one file open.
     """
 
-    def __init__(self, fs, path, file_number, size, cache):
+    def __init__(self, fs, path, file_number, size, cache, open_files=None):
         self.fs = fs
         self.path = path
         self.file_number = file_number
         self.size = size
         self._cache = cache
-        self._file = None
+        if open_files is None:
+            open_files = OpenFileCache(1)
+        self._open_files = open_files
         self._lock = threading.Lock()
+        # True once the whole summary is parsed into _summary.
         self._loaded = False
         self._opened = False
-        # A table dropped by compaction is closed when the last reader lets
-        # go of it (its file is already unlinked by then). The finalizer
-        # must not reference the table itself, or the table never dies.
-        self._handle = _FileHandle()
-        weakref.finalize(self, self._handle.close)
+        # The pin retire() holds, released when the table dies. A table
+        # dropped by compaction keeps its file open until the last reader
+        # lets go of it (its file is already unlinked by then). The
+        # finalizer must not reference the table itself, or the table never
+        # dies.
+        self._retired_pin = []
+        weakref.finalize(
+            self, _release_file, open_files, file_number, self._retired_pin
+        )
         self.entry_count = 0
         self.max_expires_at = NEVER_EXPIRES
         self.tombstones = []
         self._footer = None
         self._bloom = None
-        self.index_keys = []
-        self._block_offsets = []
-        self._block_sizes = []
-        self.summary = {}
+        self._summary_index = None
+        self._summary = None
+        # (index_keys, block_offsets, block_sizes), parsed on first use.
+        self._index = None
 
     def _corrupt(self, what, offset):
         return CorruptionError(
             f"sstable {self.path}: {what} at offset {offset}", self.path, offset
         )
 
+    def _open_file(self):
+        return self.fs.open_read(self.path)
+
+    def _read_at(self, offset, size):
+        pinned = self._open_files.acquire(self.file_number, self._open_file)
+        try:
+            return pinned.file.read_at(offset, size)
+        finally:
+            self._open_files.release(pinned)
+
     def _read_framed(self, offset, size):
-        data = self._file.read_at(offset, size)
+        data = self._read_at(offset, size)
         if len(data) != size or size < _TRAILER.size:
             raise self._corrupt(f"short read of {size}-byte block", offset)
         body = memoryview(data)[: size - _TRAILER.size]
@@ -322,36 +338,123 @@ class SSTable:
         return body
 
     def open(self):
-        """Open the file and read its footer and tombstones (idempotent)."""
+        """Read the footer, tombstones and bloom filter (idempotent)."""
         if self._opened:
             return
         with self._lock:
             if self._opened:
                 return
-            self._file = self._handle.file = self.fs.open_read(self.path)
-            self._read_footer()
+            pinned = self._open_files.acquire(self.file_number, self._open_file)
+            try:
+                self._read_footer(pinned.file)
+            finally:
+                self._open_files.release(pinned)
             self._opened = True
 
     def load(self):
-        """Read the index and summary too (idempotent)."""
+        """Parse the index and the whole summary too (idempotent)."""
+        self._load_index()
+        self._load_summary()
+
+    def retire(self):
+        """Keep the file open for as long as this table object lives.
+
+        Call it before the file is deleted, so that reads still holding the
+        table read on through the open descriptor: the open-file cache
+        could otherwise close it, and an unlinked file cannot be reopened.
+        Logs a warning when the file cannot be opened.
+        """
+        with self._lock:
+            if self._retired_pin:
+                return
+            try:
+                pinned = self._open_files.acquire(self.file_number, self._open_file)
+            except (OSError, TlsmError) as exc:
+                log.warning(
+                    "cannot keep deleted table %s open for running reads: %s",
+                    self.path,
+                    exc,
+                )
+                return
+            self._retired_pin.append(pinned)
+
+    def _load_index(self):
+        if self._index is not None:
+            return
+        self.open()
+        with self._lock:
+            if self._index is not None:
+                return
+            index_offset, index_size, _, _ = self._footer
+            body = self._read_framed(index_offset, index_size)
+            try:
+                self._index = scan.parse_index(body)
+            except ValueError as exc:
+                problem, position = exc.args
+                raise self._corrupt(problem, index_offset + position) from None
+
+    def _load_summary(self):
         if self._loaded:
             return
         self.open()
         with self._lock:
             if self._loaded:
                 return
-            index_offset, index_size, summary_offset, summary_size = self._footer
-            self._parse_index(self._read_framed(index_offset, index_size), index_offset)
-            self._parse_summary(
-                self._read_framed(summary_offset, summary_size), summary_offset
-            )
+            body, offset = self._read_summary_body()
+            try:
+                self._summary = scan.parse_summary(body)
+            except ValueError as exc:
+                problem, position = exc.args
+                raise self._corrupt(problem, offset + position) from None
             self._loaded = True
 
-    def _read_footer(self):
-        size = self._file.size
+    def _load_summary_index(self):
+        self.open()
+        with self._lock:
+            if self._summary_index is None:
+                body, offset = self._read_summary_body()
+                try:
+                    self._summary_index = table_index.SummaryIndex(body)
+                except ValueError as exc:
+                    problem, position = exc.args
+                    raise self._corrupt(problem, offset + position) from None
+            return self._summary_index
+
+    def _read_summary_body(self):
+        _, _, summary_offset, summary_size = self._footer
+        return self._read_framed(summary_offset, summary_size), summary_offset
+
+    @property
+    def summary(self):
+        """{timeline_id: (min_seq, max_seq, count)} for every timeline in the file.
+
+        Parsed whole on first use, which takes about 2 ms for 10,000
+        timelines. Reads look up single timelines through span() instead.
+        """
+        self._load_summary()
+        return self._summary
+
+    @property
+    def index_keys(self):
+        """(timeline_id, last_seq) of each data block, in file order."""
+        self._load_index()
+        return self._index[0]
+
+    @property
+    def _block_offsets(self):
+        self._load_index()
+        return self._index[1]
+
+    @property
+    def _block_sizes(self):
+        self._load_index()
+        return self._index[2]
+
+    def _read_footer(self, file):
+        size = file.size
         if size < FOOTER_SIZE:
             raise self._corrupt(f"file of {size} bytes is shorter than the footer", 0)
-        footer = self._file.read_at(size - FOOTER_SIZE, FOOTER_SIZE)
+        footer = file.read_at(size - FOOTER_SIZE, FOOTER_SIZE)
         (
             index_offset,
             index_size,
@@ -397,21 +500,6 @@ class SSTable:
             raise self._corrupt("tombstones overrun their block", offset)
         return tombstones
 
-    def _parse_index(self, body, offset):
-        try:
-            keys, offsets, sizes = scan.parse_index(body)
-        except ValueError as exc:
-            problem, position = exc.args
-            raise self._corrupt(problem, offset + position) from None
-        self.index_keys, self._block_offsets, self._block_sizes = keys, offsets, sizes
-
-    def _parse_summary(self, body, offset):
-        try:
-            self.summary = scan.parse_summary(body)
-        except ValueError as exc:
-            problem, position = exc.args
-            raise self._corrupt(problem, offset + position) from None
-
     def read_body(self, index):
         """Return the checked, decompressed body of data block number index.
 
@@ -443,36 +531,37 @@ class SSTable:
         except CorruptionError as exc:
             raise self.block_error(index, exc) from None
 
-    def _excludes(self, timeline_id):
-        """Return True when the bloom filter rules timeline_id out.
+    def span(self, timeline_id):
+        """Return (min_seq, max_seq, count) of timeline_id in this file, or None.
 
-        Only a table whose summary is not loaded consults the filter,
-        because a loaded summary gives the exact result faster. When the
-        filter admits the timeline, the summary is loaded.
+        Before the first lookup that the bloom filter admits, a timeline the
+        filter rules out costs no read. Later lookups binary-search the raw
+        summary, or use the parsed one once load() or summary parsed it.
         """
         if self._loaded:
-            return False
-        self.open()
-        if not self._bloom.may_contain(timeline_id):
-            return True
-        self.load()
-        return False
+            return self._summary.get(timeline_id)
+        summary_index = self._summary_index
+        if summary_index is None:
+            self.open()
+            if not self._bloom.may_contain(timeline_id):
+                return None
+            summary_index = self._load_summary_index()
+        return summary_index.get(timeline_id)
 
     def max_seq(self, timeline_id):
-        if self._excludes(timeline_id):
-            return 0
-        span = self.summary.get(timeline_id)
+        """Return the highest seq timeline_id reached in this file, or 0."""
+        span = self.span(timeline_id)
         return span[1] if span else 0
 
     def get(self, timeline_id, seq):
-        if self._excludes(timeline_id):
-            return None
-        span = self.summary.get(timeline_id)
+        """Return the entry (timeline_id, seq, kind, expires_at, value), or None."""
+        span = self.span(timeline_id)
         if span is None or not span[0] <= seq <= span[1] or not span[2]:
             return None
         key = (timeline_id, seq)
-        index = bisect.bisect_left(self.index_keys, key)
-        if index == len(self.index_keys):
+        index_keys = self.index_keys
+        index = bisect.bisect_left(index_keys, key)
+        if index == len(index_keys):
             return None
         entries = self.read_block(index)
         position = bisect.bisect_left(entries, key)
@@ -486,33 +575,21 @@ class SSTable:
 
     def may_contain(self, timeline_id, start, end):
         """Return False when no entry of timeline_id with start <= seq < end is in this file."""
-        if self._excludes(timeline_id):
-            return False
-        span = self.summary.get(timeline_id)
+        span = self.span(timeline_id)
         return span is not None and span[2] > 0 and span[0] < end and span[1] >= start
-
-    def span(self, timeline_id):
-        """Return (min_seq, max_seq, count) of timeline_id in this file, or None.
-
-        Asks the bloom filter first while the summary is not loaded.
-        """
-        if self._excludes(timeline_id):
-            return None
-        return self.summary.get(timeline_id)
 
     def collect(self, timeline_id, start, end, reverse, now_ms, limit, out):
         """Append up to limit live (seq, value) pairs of a range to out.
 
         See tlsm.scan.collect_table; returns the number of pairs appended.
         """
-        self.load()
+        self._load_index()
         return scan.collect_table(
             self, timeline_id, start, end, reverse, now_ms, limit, out
         )
 
     def chunks(self, timeline_id, start, end, reverse, now_ms):
         """Yield, block by block, lists of the live pairs collect() would append."""
-        self.load()
         index_keys = self.index_keys
         block_count = len(index_keys)
         if reverse:
@@ -582,16 +659,38 @@ class SSTable:
 
     def entries(self):
         """Iterate every entry of the file in key order; used by compaction."""
-        self.load()
-        for index in range(len(self.index_keys)):
-            offset = self._block_offsets[index]
-            body = self._read_framed(offset, self._block_sizes[index])
+        self._load_index()
+        index_keys, offsets, sizes = self._index
+        for index in range(len(index_keys)):
+            body = self._read_framed(offsets[index], sizes[index])
             yield from block_codec.decode_block(body)
 
     def close(self):
+        """Close the file and forget what was read; a later read opens it again."""
         with self._lock:
-            self._handle.close()
-            self._file = None
-            self._loaded = False
+            self._open_files.drop(self.file_number)
             self._opened = False
+            self._loaded = False
+            self._summary = None
+            self._summary_index = None
+            self._index = None
         self._cache.evict_file(self.file_number)
+
+
+class LiveTables(dict):
+    """The SSTables of a DB by file number; deleting one retires it.
+
+    Compaction deletes a table from this dict before it deletes the file,
+    so retiring the table here keeps its file readable for the reads that
+    still hold it (see SSTable.retire).
+    """
+
+    def __delitem__(self, file_number):
+        self[file_number].retire()
+        super().__delitem__(file_number)
+
+    def pop(self, file_number, *default):
+        table = self.get(file_number)
+        if table is not None:
+            table.retire()
+        return super().pop(file_number, *default)

@@ -1,0 +1,88 @@
+"""SummaryIndex: timeline lookups in a table's raw summary body.
+
+The extension binary-searches the body, and the pure twin parses it into a
+dict. Both must return the same spans and raise the same errors, also on
+truncated and damaged bodies.
+"""
+
+import importlib
+import random
+import struct
+
+import pytest
+
+from tlsm import scan, table_index
+from tlsm.keys import MAX_SEQ
+
+_SUMMARY_ENTRY = struct.Struct("<HQQQ")
+
+
+def summary_body(spans):
+    parts = []
+    for timeline_id in sorted(spans):
+        min_seq, max_seq, count = spans[timeline_id]
+        parts.append(_SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count))
+        parts.append(timeline_id)
+    return b"".join(parts)
+
+
+def random_spans(rng, count):
+    spans = {}
+    while len(spans) < count:
+        # Short ids share prefixes, so the search compares ids that differ
+        # only in length or in their last byte.
+        timeline_id = bytes(rng.choice(b"\x00ab\xff") for _ in range(rng.randint(1, 5)))
+        min_seq = rng.choice([0, 1, rng.randint(0, MAX_SEQ)])
+        spans[timeline_id] = (min_seq, rng.randint(min_seq, MAX_SEQ), rng.randint(0, 9))
+    return spans
+
+
+def implementations():
+    found = [table_index.PurePython.SummaryIndex]
+    try:
+        found.append(importlib.import_module("tlsm_ext.table_index").SummaryIndex)
+    except ImportError:
+        pass
+    return found
+
+
+def outcome(function, *args):
+    try:
+        return ("ok", function(*args))
+    except ValueError as exc:
+        return ("error", exc.args)
+
+
+@pytest.mark.parametrize("implementation", implementations())
+def test_summary_index_finds_every_span(implementation):
+    rng = random.Random(1)
+    for count in (0, 1, 2, 3, 50, 400):
+        spans = random_spans(rng, count)
+        index = implementation(summary_body(spans))
+        assert len(index) == count
+        for timeline_id, span in spans.items():
+            assert index.get(timeline_id) == span
+        for _ in range(200):
+            absent = rng.randbytes(rng.randint(1, 6))
+            assert index.get(absent) == spans.get(absent)
+
+
+def test_summary_index_twins_agree_on_damage():
+    extension = pytest.importorskip("tlsm_ext.table_index").SummaryIndex
+    pure = table_index.PurePython.SummaryIndex
+    rng = random.Random(3)
+    body = summary_body(random_spans(rng, 30))
+    for _ in range(300):
+        cut = bytearray(body[: rng.randrange(len(body) + 1)])
+        if cut and rng.random() < 0.5:
+            cut[rng.randrange(len(cut))] = rng.randrange(256)
+        data = bytes(cut)
+        expected = outcome(scan.PurePython.parse_summary, data)
+        assert outcome(lambda d: dict(pure(d)._spans), data) == expected
+        # A damaged id may break the sort order that the binary search
+        # relies on (the block checksum rejects such bodies before), so only
+        # the errors are compared.
+        ext = outcome(extension, data)
+        assert ext[0] == expected[0]
+        if ext[0] == "error":
+            assert ext[1] == expected[1]
