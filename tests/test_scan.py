@@ -297,6 +297,93 @@ def test_collect_range_twins(tmp_path):
                 assert results[0] == (False, [])
 
 
+def mixed_runs(rng, timelines, count_range):
+    """Return table runs of random kinds, expiries and seq gaps per timeline."""
+    runs = {}
+    for timeline_id in timelines:
+        seq = rng.randint(0, 5)
+        run = []
+        for _ in range(rng.randint(*count_range)):
+            kind = rng.choice([KIND_PUT, KIND_PUT, KIND_PUT, keys.KIND_DELETE])
+            expires_at = rng.choice([0, 0, rng.randint(1, 300)])
+            run.append((seq, kind, expires_at, rng.randbytes(rng.randint(0, 6))))
+            seq += rng.randint(1, 3)
+        runs[timeline_id] = run
+    return runs
+
+
+@pytest.mark.parametrize("block_bytes", [96, 4096])
+def test_collect_table_repeated_twins(tmp_path, block_bytes):
+    # A block scanned once is scanned again from the runs cached with it, so
+    # every query runs twice. Tables whose ids share 1 or 16 leading bytes,
+    # and queried ids outside the table, cover the packed index search. The
+    # 4096-byte blocks hold runs of more than 64 entries.
+    extension = load_extension("scan")
+    rng = random.Random(11)
+    timelines = [b"\x00a", b"\x00ab", b"\x00b", b"\x00b\x00", b"\x00bc", b"\x00c"]
+    timelines += [b"\x00zzzzzzzzzz%d" % i for i in range(3)]
+    queried = [
+        *timelines,
+        b"\x00",
+        b"\x00aa",
+        b"\x00zzzzzzzzzz",
+        b"\x01",
+        b"",
+        b"\x00d",
+    ]
+    for prefix in (b"", b"\x07shared-prefix:"):
+        ids = [prefix + timeline_id for timeline_id in timelines]
+        runs = mixed_runs(rng, ids, (1, 150))
+        path = tmp_path / f"{len(prefix)}-{block_bytes}.sst"
+        table = write_table(path, runs, block_bytes=block_bytes)
+        entries = [(key, *entry) for key in sorted(runs) for entry in runs[key]]
+        for _ in range(400):
+            timeline_id = prefix + rng.choice(queried)
+            start = rng.randint(0, 200)
+            end = rng.choice([END, start + rng.randint(1, 120), MAX_SEQ])
+            reverse = rng.random() < 0.5
+            now_ms = rng.randint(0, 300)
+            limit = rng.choice([1, 7, 70, 1000])
+            args = (timeline_id, start, end, reverse, now_ms, limit)
+            expected = expected_scan(entries, *args)
+            for _repeat in range(2):
+                for function in (
+                    extension.collect_table,
+                    scan.PurePython.collect_table,
+                ):
+                    out = []
+                    count = function(table, *args, out)
+                    assert out == expected, (function, args)
+                    assert count == len(expected)
+
+
+def blocks_holding(table, timeline_id):
+    """Return the number of data blocks of table with an entry of timeline_id."""
+    return sum(
+        any(entry[0] == timeline_id for entry in table.read_block(index))
+        for index in range(len(table.index_keys))
+    )
+
+
+def test_collect_range_reads_only_timeline_blocks(tmp_path):
+    # Small blocks put timeline boundaries on block boundaries often; a
+    # scan of a whole timeline still reads exactly the blocks that hold it.
+    extension = load_extension("scan")
+    rng = random.Random(13)
+    timelines = [b"\x00t%02d" % i for i in range(40)]
+    runs = mixed_runs(rng, timelines, (1, 12))
+    table = write_table(tmp_path / "000001.sst", runs, block_bytes=64)
+    cache = table._cache
+    for function in (extension.collect_range, scan.PurePython.collect_range):
+        for timeline_id in timelines:
+            expected_reads = blocks_holding(table, timeline_id)
+            for reverse in (False, True):
+                reads_before = cache.hits + cache.misses
+                function([], (table,), timeline_id, 0, END, END, reverse, 0, 1000, [])
+                reads = cache.hits + cache.misses - reads_before
+                assert reads == expected_reads, (function, timeline_id, reverse)
+
+
 def metadata_bodies(tmp_path):
     rng = random.Random(2)
     runs = table_runs(rng, [b"\x00x%d" % i for i in range(30)], 1, 12)

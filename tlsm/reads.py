@@ -99,8 +99,9 @@ class ReadMixin:
         load lazily, so a scan over a huge timeline holds only the block it
         is on. Deleted ranges are skipped without reading them.
         """
-        return self._default.scan(
-            timeline_id, start, end, limit, reverse, snapshot=snapshot
+        # Table.scan of the default table, without its extra call.
+        return self._scan(
+            self._default.key(timeline_id), start, end, limit, reverse, snapshot
         )
 
     def _last_seq(self, key, snapshot):
@@ -150,7 +151,11 @@ class ReadMixin:
         return None
 
     def _scan(self, key, start, end, limit, reverse, snapshot):
-        start = 0 if start is None else keys.check_seq(start, "start")
+        # Plain ints in range skip the general checks, which accept the same.
+        if start is None:
+            start = 0
+        elif type(start) is not int or not 0 <= start <= keys.MAX_SEQ:
+            start = keys.check_seq(start, "start")
         if end is None or (
             isinstance(end, int) and not isinstance(end, bool) and end > keys.MAX_SEQ
         ):
@@ -188,19 +193,33 @@ class ReadMixin:
         now_ms = max(0, math.floor(self._now_ms()))
         if limit is not None and limit <= _EAGER_LIMIT:
             out = []
+            tables = version.tables
             for low, high in segments:
-                _collect(
-                    version,
-                    key,
+                remaining = limit - len(out)
+                if not scan.collect_range(
                     runs,
+                    tables,
+                    key,
                     low,
                     high,
                     memory_end,
                     reverse,
                     now_ms,
-                    limit,
+                    remaining,
                     out,
-                )
+                ):
+                    _collect_merged(
+                        tables,
+                        key,
+                        runs,
+                        low,
+                        high,
+                        memory_end,
+                        reverse,
+                        now_ms,
+                        limit,
+                        out,
+                    )
                 if len(out) >= limit:
                     break
             return iter(out)
@@ -219,16 +238,16 @@ def _runs_of(version, key):
     return runs
 
 
-def _collect(version, key, runs, low, high, memory_end, reverse, now_ms, limit, out):
-    """Append up to limit - len(out) live pairs of [low, high) to out."""
-    wanted = limit - len(out)
-    if scan.collect_range(
-        runs, version.tables, key, low, high, memory_end, reverse, now_ms, wanted, out
-    ):
-        return
-    # Sources whose seq ranges overlap: never written by the engine itself,
-    # but merged correctly, newest source first.
-    sources = scan.find_sources(runs, version.tables, key, low, high, memory_end)
+def _collect_merged(
+    tables, key, runs, low, high, memory_end, reverse, now_ms, limit, out
+):
+    """Append up to limit - len(out) live pairs of [low, high) to out, merging.
+
+    Used when source seq ranges overlap, which scan.collect_range rejects.
+    The engine never writes such sources, but they are merged correctly,
+    newest source first.
+    """
+    sources = scan.find_sources(runs, tables, key, low, high, memory_end)
     entries = merge_module.merge_entries(
         [_entries_of(source, key, low, high, reverse) for source in sources],
         reverse,

@@ -9,11 +9,15 @@ index and summary of a table (see tlsm.sstable for their layout), which the
 first read of a table after open waits for.
 
 The pure-Python implementation below is the reference. tlsm_ext/scan.pyx
-implements the same function in Cython. When the extension is built, this
+implements the same function in Cython. The extension also keeps two caches
+that change only speed: the index keys of each table packed into one array,
+stored on the table object, and where each timeline's entries start in a
+block, stored with the block in BlockCache. When the extension is built, this
 module rebinds its functions to the extension's, and the pure functions stay
 reachable through ``PurePython``.
 """
 
+import array
 import bisect
 import struct
 import threading
@@ -22,7 +26,7 @@ from collections import OrderedDict
 
 from . import _impl, block
 from .errors import CorruptionError
-from .keys import KIND_PUT
+from .keys import KIND_PUT, MAX_SEQ
 
 # On disk: the entry headers of a table's index and summary (tlsm.sstable).
 _INDEX_ENTRY = struct.Struct("<HQQI")
@@ -62,13 +66,14 @@ def collect_run(run, low, high, reverse, now_ms, limit, out):
 def parse_index(body):
     """Parse a table's index body into (keys, offsets, sizes).
 
-    keys lists (timeline_id, last_seq) per data block, offsets and sizes the
-    block's place in the file (layout in tlsm.sstable). Raises
-    ValueError(problem, position) for a truncated or overrunning body.
+    keys lists (timeline_id, last_seq) per data block, and offsets and
+    sizes, arrays of unsigned 64-bit ints ("Q"), the block's place in the
+    file (layout in tlsm.sstable). Raises ValueError(problem, position) for
+    a truncated or overrunning body.
     """
     data = bytes(body)
     pos, end = 0, len(data)
-    keys, offsets, sizes = [], [], []
+    keys, offsets, sizes = [], array.array("Q"), array.array("Q")
     unpack = _INDEX_ENTRY.unpack_from
     entry_size = _INDEX_ENTRY.size
     while pos < end:
@@ -166,28 +171,57 @@ def collect_table(table, timeline_id, start, end, reverse, now_ms, limit, out):
     table's CorruptionError, naming its path and the block offset, for an
     undecodable block.
     """
+    if end <= start:
+        return 0
+    last = min(end - 1, MAX_SEQ)
+    return _collect_table_span(
+        table, timeline_id, start, last, reverse, now_ms, limit, out
+    )
+
+
+def _collect_table_span(table, timeline_id, first, last, reverse, now_ms, limit, out):
+    """Append up to limit live pairs of timeline_id with first <= seq <= last.
+
+    Reads only blocks whose key range, bounded by the index keys (the last
+    key of each block), meets [(timeline_id, first), (timeline_id, last)].
+    Callers clip the range to the table's summary span, so a timeline that
+    ends on a block boundary costs no read of the next block.
+    """
     index_keys = table.index_keys
     block_count = len(index_keys)
     target = len(out) + limit
     before = len(out)
     if reverse:
-        index = bisect.bisect_left(index_keys, (timeline_id, end))
-        index = min(index, block_count - 1)
-        step = -1
+        index = min(
+            bisect.bisect_left(index_keys, (timeline_id, last)), block_count - 1
+        )
     else:
-        index = bisect.bisect_left(index_keys, (timeline_id, start))
-        step = 1
+        index = bisect.bisect_left(index_keys, (timeline_id, first))
     while 0 <= index < block_count and len(out) < target:
         body = table.read_body(index)
         try:
             more = block.scan_block(
-                body, timeline_id, start, end, reverse, now_ms, target - len(out), out
+                body,
+                timeline_id,
+                first,
+                last + 1,
+                reverse,
+                now_ms,
+                target - len(out),
+                out,
             )
         except CorruptionError as exc:
             raise table.block_error(index, exc) from None
         if not more:
             break
-        index += step
+        if reverse:
+            if index == 0 or index_keys[index - 1] < (timeline_id, first):
+                break
+            index -= 1
+        else:
+            if index_keys[index] >= (timeline_id, last):
+                break
+            index += 1
     return len(out) - before
 
 
@@ -244,7 +278,8 @@ def collect_range(
 
     Takes the sources of find_sources. When their seq ranges are disjoint,
     which is how the engine writes them, reads them one after the other
-    in scan order (see collect_run and collect_table) and returns True.
+    in scan order (see collect_run and collect_table), each table only
+    within its summary's seq range, and returns True.
     Otherwise appends nothing and returns False, and the caller merges.
     """
     sources = find_sources(runs, tables, timeline_id, low, high, memory_end)
@@ -252,14 +287,21 @@ def collect_range(
     if ordered is None:
         return False
     target = len(out) + limit
-    for _first, _last, holder, first, last in ordered:
+    for first_seq, last_seq, holder, first, last in ordered:
         if len(out) >= target:
             break
         if type(holder) is tuple:
             collect_run(holder, first, last, reverse, now_ms, target - len(out), out)
         else:
-            collect_table(
-                holder, timeline_id, low, high, reverse, now_ms, target - len(out), out
+            _collect_table_span(
+                holder,
+                timeline_id,
+                first_seq,
+                last_seq,
+                reverse,
+                now_ms,
+                target - len(out),
+                out,
             )
     return True
 
