@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tlsm  # noqa: E402
 from clock import ManualClock  # noqa: E402
+from tree_check import check_tree  # noqa: E402
 
 TABLES = ("default", "store", "sync")
 TIMELINES = ("a", "b", "c", "room:1", "user\u00e9", "z" * 40)
@@ -26,6 +27,9 @@ OPTIONS = {
     "block_bytes": 256,
     "block_cache_bytes": 8192,
     "level_fanout": 2,
+    "level1_bytes": 8192,
+    "level_size_ratio": 2,
+    "target_file_bytes": 2048,
     "expiry_check_seconds": 0.01,
 }
 
@@ -64,8 +68,9 @@ class Model:
 
 
 class Runner:
-    def __init__(self, path, seed):
+    def __init__(self, path, seed, style="leveled"):
         self.path = path
+        self.style = style
         self.rng = random.Random(seed)
         self.clock = ManualClock()
         self.model = Model()
@@ -74,7 +79,9 @@ class Runner:
         self.open()
 
     def open(self):
-        self.db = tlsm.open(self.path, clock=self.clock, **OPTIONS)
+        self.db = tlsm.open(
+            self.path, clock=self.clock, compaction_style=self.style, **OPTIONS
+        )
         self.db.table("store")
         self.db.table("sync", ttl=30)
 
@@ -108,6 +115,7 @@ class Runner:
             self.clock.advance(rng.choice((0.5, 3, 10, 40)))
         elif roll < 0.88:
             self.db.flush()
+            check_tree(self.db)
         elif roll < 0.90:
             self.db.compact()
         elif roll < 0.93:
@@ -220,9 +228,9 @@ class Runner:
         self.db.close()
 
 
-def run_model(path, seed, steps):
+def run_model(path, seed, steps, style="leveled"):
     """Run steps random operations with seed in directory path; return the observations."""
-    runner = Runner(path, seed)
+    runner = Runner(path, seed, style)
     try:
         for _ in range(steps):
             runner.step()

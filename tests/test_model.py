@@ -19,6 +19,12 @@ def test_engine_matches_dict_model(tmp_path, seed):
     assert len(observations) > 1000
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_engine_matches_dict_model_with_tiered_compaction(tmp_path, seed):
+    observations = run_model(str(tmp_path / "db"), seed, 1500, style="tiered")
+    assert len(observations) > 1000
+
+
 def _history(tmp_path, name, seed, pure):
     env = dict(os.environ)
     env.pop("TLSM_PURE_PYTHON", None)

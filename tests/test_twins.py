@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from tlsm import block, merge, resp
+from tlsm import block, merge, resp, survivors
 from tlsm.errors import InvalidArgumentError
 from tlsm.keys import MAX_SEQ
 
@@ -297,3 +297,49 @@ def test_resp_parser_limit_errors_twins(limits):
     with pytest.raises(InvalidArgumentError) as extension_info:
         extension.RespParser(**limits)
     assert str(extension_info.value) == str(pure_info.value)
+
+
+# Runs of surviving entries
+
+
+def random_merged_entries(rng):
+    entries = []
+    for timeline in sorted(rng.sample([b"a", b"b", b"cc", b"d\xff", b"e"], 3)):
+        seq = 0
+        for _ in range(rng.randint(0, 12)):
+            seq += rng.randint(1, 3)
+            expires_at = rng.choice([0, 0, 50, 150])
+            kind = rng.choice([1, 1, 1, 1, 2])
+            entries.append((timeline, seq, kind, expires_at, rng.randbytes(3)))
+    return entries
+
+
+def run_survivors(function, entries, tombstones, now_ms, max_run):
+    counts = {"dropped_expired": 0, "dropped_deleted": 0}
+    runs = list(function(iter(entries), tombstones, now_ms, counts, max_run))
+    return runs, counts
+
+
+def test_surviving_runs_twins():
+    extension = load_extension("survivors")
+    rng = random.Random(44)
+    for _ in range(2000):
+        entries = random_merged_entries(rng)
+        tombstones = {
+            timeline: [(low, low + rng.randint(1, 6))]
+            for timeline in (b"a", b"cc", b"e")
+            for low in [rng.randint(0, 20)]
+            if rng.random() < 0.5
+        }
+        now_ms = rng.choice([0, 100, 200])
+        max_run = rng.choice([1, 2, 4096])
+        expected = run_survivors(
+            survivors.PurePython.surviving_runs, entries, tombstones, now_ms, max_run
+        )
+        actual = run_survivors(
+            extension.surviving_runs, entries, tombstones, now_ms, max_run
+        )
+        assert actual == expected, (entries, tombstones, now_ms, max_run)
+        kept = sum(len(run[1]) for run in expected[0])
+        dropped = sum(expected[1].values())
+        assert kept + dropped <= len(entries)

@@ -70,8 +70,22 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
       memtable_bytes: memtable size that triggers a flush (32 MiB).
       block_bytes: target size of a table data block before compression (4 KiB).
       block_cache_bytes: bound of the decoded-block cache (64 MiB).
+      max_open_files: table files kept open at once (1000); beyond it the
+        least recently used file is closed and reopened on its next read.
       compression: LZ4 per block, kept only when it saves 1/8 or more (True).
-      level_fanout: tables per level that trigger a merge into the next (4).
+      compaction_style: how table files merge (docs/engine.md).
+        "leveled" (default): every level below 0 holds files with disjoint
+          key ranges, each level level_size_ratio times the one above.
+        "tiered": every level holds up to level_fanout sorted runs that
+          merge into one run of the next level.
+      level_fanout: level-0 tables that trigger a merge into level 1, and
+        under tiered compaction the tables of any level that do (4).
+      level_size_ratio: leveled: size of level n+1 over level n (10).
+      level1_bytes: leveled: size of level 1 that triggers a merge into
+        level 2 (None: level_fanout * memtable_bytes).
+      target_file_bytes: leveled: size at which a merge starts a new output
+        file, at the next timeline boundary (None: memtable_bytes).
+      max_levels: leveled: number of levels; the last has no size bound (7).
       l0_stop_files: level-0 tables at which writers wait for compaction (12).
       max_payload_bytes: largest payload accepted (4 MiB).
       max_batch_bytes: largest append_batch, ids and payloads summed (64 MiB).

@@ -1,40 +1,42 @@
-"""Compaction: which tables to merge, and what a merge may drop.
+"""Flush and compaction: writing memtables out, and merging table files.
 
-The tree is tiered: each level holds up to ``level_fanout`` tables, each a
-sorted run. A flush adds the newest table to level 0. When a level fills,
-all its tables merge into one table that becomes the newest of the next
-level. Every table of a level is newer than every table below it, which is
-what lets a merge keep the newest version of a key. Writes are appends of
-fresh keys, so a merge rewrites each entry about once per level: write
-amplification grows with the number of levels (about log base fanout of
-data size over memtable size), not with the fanout.
+Two background threads do the work. The flush thread writes each immutable
+memtable to a new level-0 table. The compaction thread asks
+tlsm.compaction_pick.pick for the next job and runs it: a trivial move only
+edits the manifest; a merge reads its input tables through the k-way merge
+and writes the entries it keeps to new files of the target level. Each job
+ends with one manifest save that swaps inputs for outputs, so a crash
+leaves either the old tables or the new ones live, never both. The flush
+thread never waits for a merge, so a long merge does not hold writers up
+beyond the level-0 stall.
 
 A merge drops an entry when either holds:
 - it has expired (expires_at <= now): no older version of the key exists,
   because seqs are never reused, so nothing can reappear;
 - a range tombstone covers it: tombstones only cover seqs written before
   them and apply to every table, so the entry is dead everywhere.
-A merge drops a tombstone only when its inputs include every table older
-than it, which holds when no level below the output has tables: then every
-entry it covered was in the inputs and is gone.
+A merge drops a tombstone [start, end) of a timeline only when no live
+table outside its inputs holds an entry of that timeline in [start, end)
+(by the tables' summaries): the inputs' covered entries are gone with the
+merge, and entries appended after the tombstone have seqs >= end. A merge
+carries every input's per-timeline seq high-water mark into its output,
+so the next seq of a timeline never goes back even when all its entries
+are gone.
 
-A level also compacts, full or not, once every entry of one of its tables
-has expired, so expired data is reclaimed without waiting for writes.
-
-After open, background compaction waits for the first flush, or for one
-expiry check interval without one. A database closed in the middle of a
-compaction reopens with a full level. Merging it at once would hold the
-GIL through the first reads, and the tree needs the merge only once writes
-add tables again.
+After open, compaction waits for the first flush, or for one expiry check
+interval without one. A database closed in the middle of a compaction
+reopens with a full level. Merging it at once would hold the GIL through
+the first reads, and the tree needs the merge only once writes add tables
+again.
 """
 
+import bisect
 import logging
 import os
 import time
 
-from . import keys
+from . import compaction_pick, survivors
 from . import merge as merge_module
-from . import tombstones as tomb
 from .manifest import TableInfo, log_file_name, table_file_name
 from .sstable import TableWriter
 
@@ -45,45 +47,72 @@ class Cancelled(Exception):
     """Raised inside a compaction when close() stops it."""
 
 
-def pick_level(levels, tables_by_number, fanout, now_ms):
-    """Return the index of the level to compact next, or None."""
-    for index, level in enumerate(levels):
-        if len(level) >= fanout:
-            return index
-    for index, level in enumerate(levels):
-        for info in level:
-            table = tables_by_number[info.number]
-            if table.entry_count and table.max_expires_at <= now_ms:
-                return index
-    return None
+def tombstones_to_keep(input_tables, other_tables):
+    """Return the input tombstones that must outlive a merge of input_tables.
 
-
-def surviving_entries(tables, tombstones, now_ms, stats):
-    """Merge tables (newest first) and yield the entries a compaction keeps.
-
-    stats["dropped_expired"] and stats["dropped_deleted"] count the rest.
+    A tombstone stays while a table outside the merge may hold an entry it
+    covers, judged by that table's summary span of the timeline.
     """
-    kind_put = keys.KIND_PUT
-    for entry in merge_module.merge_entries([t.entries() for t in tables]):
-        expires_at = entry[3]
-        if expires_at and expires_at <= now_ms:
-            stats["dropped_expired"] += 1
-            continue
-        intervals = tombstones.get(entry[0])
-        if intervals and tomb.covers(intervals, entry[1]):
-            stats["dropped_deleted"] += 1
-            continue
-        if entry[2] != kind_put:
-            continue
-        yield entry
+    kept = []
+    for table in input_tables:
+        for key, start, end in table.tombstones:
+            for other in other_tables:
+                span = other.span(key)
+                if span is not None and span[2] and span[0] < end and span[1] >= start:
+                    kept.append((key, start, end))
+                    break
+    return kept
 
 
-def _add_entries(writer, entries, db=None):
-    """Add entries one by one; stop with Cancelled once db is closing, if given."""
-    for i, entry in enumerate(entries):
-        writer.add(entry)
-        if db is not None and not i & 4095 and db._closing:
-            raise Cancelled()
+class _SideRecords:
+    """Tombstones and seq high-water marks that a merge writes beside entries.
+
+    Each goes into the output file whose key range takes its timeline, so
+    the files of a level keep disjoint ranges.
+    """
+
+    def __init__(self, tombstones, high_water):
+        by_key = {}
+        for key, start, end in tombstones:
+            by_key.setdefault(key, ([], None))[0].append((start, end))
+        for key, max_seq in high_water.items():
+            by_key[key] = (by_key.get(key, ([], None))[0], max_seq)
+        self._keys = sorted(by_key)
+        self._records = by_key
+        self._position = 0
+
+    def pending(self):
+        return self._position < len(self._keys)
+
+    def write_before(self, output, key):
+        """Write the records of timelines below key (all with key None)."""
+        keys_ = self._keys
+        stop = len(keys_) if key is None else bisect.bisect_left(keys_, key)
+        for timeline_id in keys_[self._position : stop]:
+            intervals, max_seq = self._records[timeline_id]
+            output.note_key(timeline_id)
+            for start, end in intervals:
+                output.writer.add_tombstone(timeline_id, start, end)
+            if max_seq is not None:
+                output.writer.add_summary(timeline_id, max_seq)
+        self._position = max(self._position, stop)
+
+
+class _Output:
+    """One table file being written, with the key range it covers."""
+
+    def __init__(self, writer, number, path):
+        self.writer = writer
+        self.number = number
+        self.path = path
+        self.smallest = None
+        self.largest = None
+        self.bytes = 0
+
+    def note_key(self, key):
+        if self.smallest is None:
+            self.smallest = key
+        self.largest = key
 
 
 class MaintenanceMixin:
@@ -107,86 +136,185 @@ class MaintenanceMixin:
         if self._background_error is not None:
             self._check_writable()
 
-    def _write_table(self, entries, tombstones, extra_summary, cancellable=False):
-        """Write entries (in key order) and tombstones to a new table; return its info."""
-        return self._write_table_with(
-            lambda writer: _add_entries(writer, entries, self if cancellable else None),
-            tombstones,
-            extra_summary,
-        )
+    # -- writing table files ------------------------------------------------
 
-    def _write_memtable(self, memtable):
-        """Write a memtable to a new table, a timeline run at a time."""
-
-        def add_runs(writer):
-            for timeline_id, run in memtable.sorted_runs():
-                writer.add_run(timeline_id, *run)
-
-        return self._write_table_with(add_runs, memtable.tombstones, None)
-
-    def _write_table_with(self, add_entries, tombstones, extra_summary):
+    def _new_output(self):
         number = self._manifest.allocate_file_number()
         path = os.path.join(self.path, table_file_name(number))
         writer = TableWriter(
             self._fs, path, self._options["block_bytes"], self._options["compression"]
         )
-        try:
-            add_entries(writer)
-            for key, start, end in tombstones:
-                writer.add_tombstone(key, start, end)
-            if extra_summary:
-                for key, max_seq in extra_summary.items():
-                    writer.add_summary(key, max_seq)
-            size = writer.finish(sync=True)
-        except BaseException:
-            writer.abandon()
-            self._fs.remove(path)
-            raise
-        return TableInfo(number, size, writer.entry_count)
+        return _Output(writer, number, path)
 
-    def _background_loop(self):
-        interval = self._options["expiry_check_seconds"]
-        deferred = True
+    def _finish_output(self, output):
+        """Finish output's file; return its TableInfo, or None if it held nothing."""
+        writer = output.writer
+        if output.smallest is None:
+            writer.abandon()
+            self._fs.remove(output.path)
+            return None
+        size = writer.finish(sync=True)
+        return TableInfo(
+            output.number, size, writer.entry_count, output.smallest, output.largest
+        )
+
+    def _abandon_outputs(self, outputs):
+        for output in outputs:
+            output.writer.abandon()
+            self._fs.remove(output.path)
+
+    def _write_memtable(self, memtable):
+        """Write a memtable to a new table, a timeline run at a time."""
+        output = self._new_output()
+        try:
+            for timeline_id, run in memtable.sorted_runs():
+                if run[0]:
+                    output.note_key(timeline_id)
+                    output.writer.add_run(timeline_id, *run)
+            tombstones = sorted(memtable.tombstones)
+            for key, start, end in tombstones:
+                output.writer.add_tombstone(key, start, end)
+            if tombstones:
+                first, last = tombstones[0][0], tombstones[-1][0]
+                output.smallest = min(first, output.smallest or first)
+                output.largest = max(last, output.largest or last)
+            if output.smallest is None:
+                # Nothing but empty runs: keep a valid, empty file.
+                output.note_key(b"")
+            return self._finish_output(output)
+        except BaseException:
+            self._abandon_outputs([output])
+            raise
+
+    def _write_merged(self, runs, side, split, cancellable):
+        """Write runs (see tlsm.survivors) and side records to new files.
+
+        Returns the TableInfos of the files written. With split, a new file
+        starts at the first timeline boundary after a file reaches
+        target_file_bytes.
+        """
+        target_bytes = self._options["target_file_bytes"] if split else None
+        outputs = [self._new_output()]
+        current_key = None
+        output = outputs[0]
+        try:
+            for count, (key, seqs, kinds, expires, values, size) in enumerate(runs):
+                if key != current_key:
+                    side.write_before(output, key)
+                    if target_bytes is not None and output.bytes >= target_bytes:
+                        output = self._new_output()
+                        outputs.append(output)
+                    current_key = key
+                    output.note_key(key)
+                output.writer.add_run(key, seqs, kinds, expires, values)
+                output.bytes += size
+                if cancellable and not count & 63 and self._closing:
+                    raise Cancelled()
+            side.write_before(output, None)
+            infos = [self._finish_output(o) for o in outputs]
+        except BaseException:
+            self._abandon_outputs(outputs)
+            raise
+        return [info for info in infos if info is not None]
+
+    # -- background threads -------------------------------------------------
+
+    def _flush_loop(self):
         while True:
             with self._work:
-                if (
-                    self._immutable is None
-                    and not self._closing
-                    and (deferred or self._pick_level() is None)
-                ):
-                    if not self._work.wait(interval):
-                        deferred = False
-                if self._immutable is None and self._closing:
+                while self._immutable is None and not self._closing:
+                    self._work.wait()
+                if self._immutable is None:
                     return
-                if self._immutable is not None:
-                    deferred = False
-            try:
-                if self._immutable is not None:
-                    self._flush_immutable()
-                elif not deferred:
-                    with self._compaction_lock:
-                        level = self._pick_level()
-                        if level is not None:
-                            self._compact_levels([level], level + 1, cancellable=True)
-            except Cancelled:
-                log.info("compaction of %s cancelled by close", self.path)
-                return
-            except Exception as exc:
-                log.error(
-                    "background work on %s failed: %s", self.path, exc, exc_info=True
-                )
-                with self._work:
-                    self._background_error = exc
-                    self._work.notify_all()
+            if not self._background_step(self._flush_immutable):
                 return
 
-    def _pick_level(self):
-        return pick_level(
+    def _compaction_loop(self):
+        interval = self._options["expiry_check_seconds"]
+        flushes_at_open = self._stats["flushes"]
+        while True:
+            with self._work:
+                while not self._closing and self._background_error is None:
+                    if self._compaction_deferred:
+                        if self._stats[
+                            "flushes"
+                        ] > flushes_at_open or not self._work.wait(interval):
+                            self._compaction_deferred = False
+                        continue
+                    if self._pick_job(peek=True) is not None:
+                        break
+                    self._work.wait(interval)
+                if self._closing or self._background_error is not None:
+                    return
+            if not self._background_step(self._compact_once):
+                return
+
+    def _background_step(self, work):
+        """Run work(); return False when the thread must stop."""
+        try:
+            work()
+            return True
+        except Cancelled:
+            log.info("compaction of %s cancelled by close", self.path)
+            return False
+        except Exception as exc:
+            log.exception("background work on %s failed", self.path)
+            with self._work:
+                self._background_error = exc
+                self._work.notify_all()
+            return False
+
+    def wait_for_compaction(self, timeout=None):
+        """Block until no flush or compaction is due; return False on timeout.
+
+        Starts compaction at once if it is still deferred after open. Raises
+        StorageIOError if background work failed. Writes from other threads
+        may make more work due at any time; this waits for a quiet moment.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._work:
+            self._compaction_deferred = False
+            self._work.notify_all()
+            while self._background_error is None:
+                if self._closing or self._closed:
+                    break
+                if (
+                    self._immutable is None
+                    and not self._compacting
+                    and self._pick_job(peek=True) is None
+                ):
+                    return True
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._work.wait(0.1 if left is None else min(left, 0.1))
+        self._check_writable()
+        return True
+
+    def _pick_job(self, peek=False):
+        """Return the next compaction Job or None; call with self._work held."""
+        pointers = dict(self._pointers) if peek else self._pointers
+        return compaction_pick.pick(
+            self._manifest.compaction_style,
             self._manifest.levels,
             self._tables,
-            self._options["level_fanout"],
+            self._options,
             self._now_ms(),
+            pointers,
         )
+
+    def _compact_once(self):
+        with self._compaction_lock:
+            with self._work:
+                job = self._pick_job()
+                self._compacting = job is not None
+            try:
+                if job is not None:
+                    self._run_job(job, cancellable=True)
+            finally:
+                with self._work:
+                    self._compacting = False
+                    self._work.notify_all()
 
     def _flush_immutable(self):
         memtable = self._immutable
@@ -214,78 +342,116 @@ class MaintenanceMixin:
             (time.monotonic() - started) * 1000,
         )
 
+    # -- compaction ---------------------------------------------------------
+
     def compact(self):
-        """Flush, then merge every table into one, dropping expired and deleted data.
+        """Flush, then merge every table into the last level, dropping dead data.
 
         Runs in the calling thread. Afterwards no deleted or expired entry
         and no tombstone takes space on disk.
         """
         self.flush()
         with self._compaction_lock:
-            levels = self._manifest.levels
-            full = [i for i, level in enumerate(levels) if level]
-            if full:
-                self._compact_levels(full, max(1, len(levels) - 1), cancellable=False)
+            with self._work:
+                levels = self._manifest.levels
+                inputs = {i: list(level) for i, level in enumerate(levels) if level}
+                tiered = self._manifest.compaction_style == "tiered"
+                target = max(1, len(levels) - 1)
+            if inputs:
+                job = compaction_pick.Job(
+                    inputs, target, split=not tiered, reason="compact()"
+                )
+                self._run_job(job, cancellable=False)
 
-    def _compact_levels(self, source_levels, target, cancellable):
-        """Merge every table of source_levels into one table, the newest of level target."""
-        levels = self._manifest.levels
-        inputs = [info for index in source_levels for info in levels[index]]
-        tables = [self._tables[info.number] for info in inputs]
+    def _run_job(self, job, cancellable):
+        """Carry out job: move or merge its inputs into its target level."""
         started = time.monotonic()
-        while len(levels) <= target:
-            levels.append([])
-        is_bottom = not any(
-            levels[i] for i in range(target, len(levels)) if i not in source_levels
-        )
-        extra_summary = {}
-        tombstones = []
+        inputs = job.input_infos()
+        if job.trivial:
+            self._install_job(job, inputs)
+            self._stats["trivial_moves"] += 1
+            log.info(
+                "moved %s to level %d", table_file_name(inputs[0].number), job.target
+            )
+            return
+        tables = [self._tables[info.number] for info in inputs]
+        high_water = {}
         for table in tables:
             table.load()
             for key, (_, max_seq, _) in table.summary.items():
-                if max_seq > extra_summary.get(key, 0):
-                    extra_summary[key] = max_seq
-            if not is_bottom:
-                tombstones.extend(table.tombstones)
+                if max_seq > high_water.get(key, 0):
+                    high_water[key] = max_seq
+        numbers = {info.number for info in inputs}
+        with self._work:
+            others = [t for n, t in self._tables.items() if n not in numbers]
+        kept = tombstones_to_keep(tables, others)
         with self._visible_lock:
             live_tombstones = self._tombstones
         counts = {"dropped_expired": 0, "dropped_deleted": 0}
-        merged = surviving_entries(tables, live_tombstones, self._now_ms(), counts)
-        info = self._write_table(merged, tombstones, extra_summary, cancellable)
-        output = self._make_table(info)
-        output.open()
-        done = {i.number for i in inputs}
+        merged = merge_module.merge_entries([t.entries() for t in tables])
+        runs = survivors.surviving_runs(merged, live_tombstones, self._now_ms(), counts)
+        outputs = self._write_merged(
+            runs, _SideRecords(kept, high_water), job.split, cancellable
+        )
+        self._install_job(job, inputs, outputs)
+        read_bytes = sum(i.size for i in inputs)
+        written = sum(i.size for i in outputs)
+        self._stats["compactions"] += 1
+        self._stats["compaction_bytes_read"] += read_bytes
+        self._stats["compaction_bytes_written"] += written
+        for name, value in counts.items():
+            self._stats[name] += value
+        log.info(
+            "compacted %d tables (%d bytes) into %d at level %d (%d bytes, %d "
+            "expired and %d deleted entries dropped; %s) in %.0f ms",
+            len(inputs),
+            read_bytes,
+            len(outputs),
+            job.target,
+            written,
+            counts["dropped_expired"],
+            counts["dropped_deleted"],
+            job.reason,
+            (time.monotonic() - started) * 1000,
+        )
+
+    def _install_job(self, job, inputs, outputs=None):
+        """Swap a job's inputs for its outputs in the manifest and the read view."""
+        done = {info.number for info in inputs}
+        moved = outputs is None
+        if moved:
+            outputs = inputs
+        new_tables = {}
+        for info in outputs if not moved else ():
+            new_tables[info.number] = self._make_table(info)
+            new_tables[info.number].open()
         with self._work:
-            for index in source_levels:
+            levels = self._manifest.levels
+            while len(levels) <= job.target:
+                levels.append([])
+            for index in job.inputs:
                 levels[index] = [i for i in levels[index] if i.number not in done]
-            levels[target].insert(0, info)
+            if job.split:
+                target = levels[job.target] + list(outputs)
+                target.sort(key=_smallest_key)
+                levels[job.target] = target
+            else:
+                levels[job.target][:0] = outputs
             while len(levels) > 1 and not levels[-1]:
                 levels.pop()
             self._manifest.save(self._fs, self.path)
             with self._visible_lock:
-                for number in done:
-                    del self._tables[number]
-                self._tables[info.number] = output
+                if not moved:
+                    for number in done:
+                        del self._tables[number]
+                    self._tables.update(new_tables)
                 self._install_version()
-        for number in done:
-            self._fs.remove(os.path.join(self.path, table_file_name(number)))
-            self._cache.evict_file(number)
-        read_bytes = sum(i.size for i in inputs)
-        self._stats["compactions"] += 1
-        self._stats["compaction_bytes_read"] += read_bytes
-        self._stats["compaction_bytes_written"] += info.size
-        for name, value in counts.items():
-            self._stats[name] += value
-        log.info(
-            "compacted %d tables of levels %s (%d bytes) into %s at level %d "
-            "(%d bytes, %d expired and %d deleted entries dropped) in %.0f ms",
-            len(inputs),
-            source_levels,
-            read_bytes,
-            table_file_name(info.number),
-            target,
-            info.size,
-            counts["dropped_expired"],
-            counts["dropped_deleted"],
-            (time.monotonic() - started) * 1000,
-        )
+            self._work.notify_all()
+        if not moved:
+            for number in done:
+                self._fs.remove(os.path.join(self.path, table_file_name(number)))
+                self._cache.evict_file(number)
+
+
+def _smallest_key(info):
+    return info.smallest

@@ -1,13 +1,15 @@
 """The embedded engine: an LSM tree keyed by (timeline_id, seq).
 
-Write path: a writer validates its operations, takes the write lock,
-assigns each timeline its next seqs, appends one log record for the whole
-batch (and fsyncs it in sync="always" mode), then applies the batch to the
-active memtable under the short visibility lock, so readers see a batch
-whole or not at all, and see seq N of a timeline before N+1. Single appends
-and small batches of puts first try the fast path (tlsm.writer), which does
-the same in one call when no lock, flush, log growth, fsync or TTL is
-involved; whatever it declines takes the path above.
+Write path: a writer validates its operations and joins the commit queue.
+The writer at its front leads a commit group: under the write lock it takes
+the writes queued behind it, assigns each timeline its next seqs, appends
+one log record for the whole group (and fsyncs it once when any write of
+the group needs it), then applies the group to the active memtable under
+the short visibility lock, so readers see a batch whole or not at all, and
+see seq N of a timeline before N+1. Single appends and small batches of
+puts first try the fast path (tlsm.writer), which does the same in one call
+when no lock, flush, log growth, fsync or TTL is involved; whatever it
+declines takes the path above.
 
 The log is a preallocated file written through a memory mapping
 (tlsm.fs.MappedLogFile): a record copied into it is in the page cache, so a
@@ -31,6 +33,7 @@ by compaction stays readable through its open descriptor until the last
 reader drops it.
 """
 
+import collections
 import logging
 import os
 import re
@@ -44,6 +47,7 @@ from .errors import ClosedError, InvalidArgumentError, StorageIOError
 from .fs import OsFileSystem
 from .manifest import log_file_name, table_file_name
 from .memtable import Memtable
+from .open_files import OpenFileCache
 from .options import check_options
 from .reads import ReadMixin
 from .recovery import RecoveryMixin
@@ -59,6 +63,34 @@ log = logging.getLogger(__name__)
 _MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+# A commit group takes queued writes until their ids and payloads reach
+# this many bytes; the leader's own write always goes in, however large.
+_MAX_GROUP_BYTES = 1024 * 1024
+
+
+class _PendingWrite:
+    """One caller's write, waiting in the commit queue or being committed.
+
+    The leader of its group fills results or error, sets done and releases
+    wakeup, a lock created held, on which a follower blocks.
+    """
+
+    __slots__ = ("done", "error", "ops", "results", "sync", "wakeup")
+
+    def __init__(self, ops, sync):
+        self.ops = ops
+        self.sync = sync
+        self.results = None
+        self.error = None
+        self.done = False
+        self.wakeup = None
+
+    def byte_size(self):
+        """Return the bytes of timeline ids and payloads in ops."""
+        return sum(
+            len(op[1]) + (len(op[2]) if op[0] == OP_APPEND else 0) for op in self.ops
+        )
 
 
 class _Version:
@@ -87,21 +119,32 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
         self._sync = self._options["sync"] == "always"
         self._max_payload = self._options["max_payload_bytes"]
         self._write_lock = threading.Lock()
+        # Writes of the general path queue here; the one at the front leads
+        # a commit group (see _write).
+        self._commit_lock = threading.Lock()
+        self._commit_queue = collections.deque()
         self._visible_lock = threading.Lock()
         self._compaction_lock = threading.Lock()
         self._work = threading.Condition(threading.Lock())
         self._stop_syncer = threading.Event()
         self._cache = BlockCache(self._options["block_cache_bytes"])
+        self._open_files = OpenFileCache(self._options["max_open_files"])
         self._closed = True
         self._closing = False
         self._background_error = None
         self._last_seqs = {}
         self._tombstones = {}
+        # Per leveled level, the largest key its last compaction took.
+        self._pointers = {}
+        # Compaction waits after open (see tlsm/compaction.py).
+        self._compaction_deferred = True
+        self._compacting = False
         self._stats = dict.fromkeys(
             (
                 "flushes",
                 "flush_bytes",
                 "compactions",
+                "trivial_moves",
                 "compaction_bytes_read",
                 "compaction_bytes_written",
                 "dropped_expired",
@@ -110,6 +153,11 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
                 "user_bytes",
                 "recovered_entries",
                 "recovery_dropped_bytes",
+                "log_syncs",
+                "commit_groups",
+                "group_writes",
+                "group_syncs",
+                "synced_writes",
             ),
             0,
         )
@@ -126,12 +174,22 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
             self._sync,
         )
         self._open()
+        # Recovery leaves every older entry in tables, and each key written
+        # since then enters _last_seqs and is never evicted. So while no
+        # table existed at open, a key absent from _last_seqs was never
+        # written and its last seq is 0 without a lookup.
+        self._empty_at_open = not any(self._manifest.levels)
         self._closed = False
         self._fast.attach(self._active, self._log.file)
-        self._thread = threading.Thread(
-            target=self._background_loop, name=f"tlsm-bg {self.path}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=loop, name=f"{name} {self.path}", daemon=True)
+            for loop, name in (
+                (self._flush_loop, "tlsm-flush"),
+                (self._compaction_loop, "tlsm-compact"),
+            )
+        ]
+        for thread in self._threads:
+            thread.start()
         self._syncer = None
         if self._options["sync"] == "periodic":
             self._syncer = threading.Thread(
@@ -163,14 +221,17 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
 
     def _make_table(self, info):
         path = os.path.join(self.path, table_file_name(info.number))
-        table = SSTable(self._fs, path, info.number, info.size, self._cache)
-        return table
+        return SSTable(
+            self._fs, path, info.number, info.size, self._cache, self._open_files
+        )
 
     def _install_version(self):
         if self._immutable is None:
             memtables = (self._active,)
         else:
             memtables = (self._active, self._immutable)
+        # Level 0 newest first, then each deeper level; a key is written once,
+        # so the order only matters for speed: newer tables hold newer seqs.
         levels = self._manifest.levels
         tables = tuple(self._tables[info.number] for level in levels for info in level)
         self._version = _Version(memtables, tables)
@@ -279,18 +340,9 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
         for; after this a retry can take it. Anything invalid is left to the
         general path, which raises the proper error.
         """
-        if not self._fast.attached or type(entries) not in (list, tuple):
+        if not self._fast.attached:
             return False
-        missing = []
-        for item in entries:
-            if type(item) is not tuple or len(item) != 2:
-                return False
-            try:
-                key = table.key(item[0])
-            except InvalidArgumentError:
-                return False
-            if key not in self._last_seqs:
-                missing.append(key)
+        missing = self._fast.uncached_keys(table, entries)
         if not missing:
             return False
         with self._write_lock:
@@ -337,40 +389,175 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
             )
 
     def _write(self, ops, sync):
+        """Commit ops through the commit queue and return their results.
+
+        Writes queue in arrival order, and the one at the front leads a
+        commit group. The leader takes the writes queued behind it (up to
+        _MAX_GROUP_BYTES) and assigns their seqs. It appends them as one log
+        record, fsyncs once if any of them needs it, and applies them to the
+        memtable. Then it wakes the others with their results. A failed log
+        write or fsync raises in every write of the group, and none of them
+        is applied or acknowledged.
+        """
         check_sync_flag(sync)
         if not ops:
             return []
-        with self._write_lock:
-            self._check_writable()
-            # The log may grow (a new mapping) or rotate below, which needs
-            # the fast path to let go of the current mapping first.
-            self._fast.detach()
-            try:
-                return self._write_locked(ops, sync)
-            finally:
-                self._attach_fast_path()
+        pending = _PendingWrite(ops, self._sync if sync is None else sync)
+        with self._commit_lock:
+            if self._commit_queue:
+                pending.wakeup = threading.Lock()
+                pending.wakeup.acquire()
+            self._commit_queue.append(pending)
+        interrupt = None
+        if pending.wakeup is not None:
+            interrupt = self._wait_turn(pending)
+        if not pending.done:
+            self._lead_group(pending)
+        if interrupt is not None:
+            raise interrupt
+        if pending.error is not None:
+            raise pending.error
+        return pending.results
 
-    def _write_locked(self, ops, sync):
+    @staticmethod
+    def _wait_turn(pending):
+        """Block until pending is committed or must lead; return a deferred interrupt.
+
+        A waiter that left on KeyboardInterrupt could be handed the front of
+        the queue and strand every write behind it, so an exception raised
+        while waiting is returned and raised once the write is finished.
+        """
+        interrupt = None
+        while True:
+            try:
+                # Released once a leader has committed this write, or once
+                # it reaches the front of the queue and must lead.
+                pending.wakeup.acquire()
+                return interrupt
+            except BaseException as exc:  # noqa: BLE001 - raised after the write
+                interrupt = exc
+
+    def _lead_group(self, leader):
+        """Commit leader, the front of the queue, with the writes behind it."""
+        group = [leader]
+        try:
+            with self._write_lock:
+                if len(self._commit_queue) > 1:
+                    group = self._take_group()
+                self._check_writable()
+                # The log may grow (a new mapping) or rotate below, which needs
+                # the fast path to let go of the current mapping first.
+                self._fast.detach()
+                try:
+                    self._commit_group(group)
+                finally:
+                    self._attach_fast_path()
+        except BaseException as exc:  # noqa: BLE001 - each write raises it
+            for pending in group:
+                if pending.error is None:
+                    pending.error = exc
+        finally:
+            self._finish_group(group)
+
+    def _take_group(self):
+        """Return the writes at the front of the queue that form the next group."""
+        with self._commit_lock:
+            queued = list(self._commit_queue)
+        # Only the leader removes writes, so the front of the queue stays as
+        # copied while others append behind it.
+        group = [queued[0]]
+        total = queued[0].byte_size()
+        for pending in queued[1:]:
+            total += pending.byte_size()
+            if total > _MAX_GROUP_BYTES:
+                break
+            group.append(pending)
+        return group
+
+    def _finish_group(self, group):
+        """Remove group from the queue, wake its followers and the next leader."""
+        with self._commit_lock:
+            queue = self._commit_queue
+            for _ in group:
+                queue.popleft()
+            next_leader = queue[0] if queue else None
+        group[0].done = True
+        for pending in group[1:]:
+            pending.done = True
+            pending.wakeup.release()
+        if next_leader is not None:
+            next_leader.wakeup.release()
+
+    def _commit_group(self, group):
+        """Append the writes of group as one log record and apply them.
+
+        Called with the write lock held. A write whose own seqs cannot be
+        assigned gets its InvalidArgumentError and the others go on. The
+        log record is in the log (and synced, when a write needs it) before
+        any entry becomes visible, so an error from the log leaves nothing
+        applied.
+        """
         self._make_room()
-        results, records, assigned = self._assign_seqs(ops)
-        if records:
-            record = encode_batch(records)
-            self._log.add_record(record, self._sync if sync is None else sync)
-            active = self._active
-            with self._visible_lock:
-                for entry in records:
-                    if entry[2] == keys.KIND_RANGE_DELETE:
-                        end = int.from_bytes(entry[4], "little")
-                        active.add_tombstone(entry[0], entry[1], end)
-                        self._add_tombstone(entry[0], entry[1], end)
-                    else:
-                        active.add(*entry)
-                self._last_seqs.update(assigned)
-            self._stats["wal_bytes"] += len(record)
-            self._stats["user_bytes"] += sum(
-                len(entry[4]) + len(entry[0]) for entry in records
-            )
-        return results
+        if len(group) == 1:
+            # A lone write's InvalidArgumentError fails its group of one.
+            leader = group[0]
+            leader.results, records, assigned = self._assign_seqs(leader.ops, {})
+            committed = 1
+            sync = leader.sync
+        else:
+            records, assigned, committed, sync = self._assign_group(group)
+        stats = self._stats
+        stats["commit_groups"] += 1
+        stats["group_writes"] += len(group)
+        if not records:
+            return
+        record = encode_batch(records)
+        self._log.add_record(record, sync)
+        self._apply_records(records, assigned)
+        if sync:
+            stats["group_syncs"] += 1
+            stats["synced_writes"] += committed
+        stats["wal_bytes"] += len(record)
+        stats["user_bytes"] += sum(len(entry[4]) + len(entry[0]) for entry in records)
+
+    def _assign_group(self, group):
+        """Assign seqs to the writes of group in order.
+
+        Returns (records, assigned, committed, sync): the log entries, the
+        last seq of each key, the number of writes that got seqs, and
+        whether any of them needs an fsync.
+        """
+        assigned = {}
+        records = []
+        committed = 0
+        sync = False
+        for pending in group:
+            try:
+                results, new_records, new_assigned = self._assign_seqs(
+                    pending.ops, assigned
+                )
+            except InvalidArgumentError as exc:
+                pending.error = exc
+                continue
+            pending.results = results
+            records.extend(new_records)
+            assigned.update(new_assigned)
+            committed += 1
+            sync = sync or pending.sync
+        return records, assigned, committed, sync
+
+    def _apply_records(self, records, assigned):
+        """Make logged entries visible, as one step under the visibility lock."""
+        active = self._active
+        with self._visible_lock:
+            for entry in records:
+                if entry[2] == keys.KIND_RANGE_DELETE:
+                    end = int.from_bytes(entry[4], "little")
+                    active.add_tombstone(entry[0], entry[1], end)
+                    self._add_tombstone(entry[0], entry[1], end)
+                else:
+                    active.add(*entry)
+            self._last_seqs.update(assigned)
 
     def _attach_fast_path(self):
         """Point the fast path at the active memtable and log, if writes may go on.
@@ -387,13 +574,20 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
         else:
             self._fast.attach(self._active, self._log.file)
 
-    def _assign_seqs(self, ops):
-        """Turn operations into log entries, assigning seqs and clamping deletes."""
+    def _assign_seqs(self, ops, earlier):
+        """Turn operations into log entries, assigning seqs and clamping deletes.
+
+        earlier maps keys to the last seqs that writes ahead of ops in the
+        same commit group took. Returns (results, records, assigned), where
+        assigned maps each key of ops to its last seq after ops.
+        """
         assigned = {}
         results = []
         records = []
         for op, key, first, second in ops:
             last = assigned.get(key)
+            if last is None:
+                last = earlier.get(key)
             if last is None:
                 last = self._last_seq_locked(key)
             if op == OP_APPEND:
@@ -443,6 +637,8 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
                 if started is None:
                     started = time.monotonic()
                     self._stats["stalls"] += 1
+                # A stall is the signal to merge now, even right after open.
+                self._compaction_deferred = False
                 if self._background_error is not None:
                     self._check_writable()
                 self._work.notify_all()
@@ -470,6 +666,7 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
         # Syncing the old log here keeps sync() and the periodic mode's
         # promise for records written just before the switch.
         old_log.close(sync=self._options["sync"] != "none")
+        self._stats["log_syncs"] += old_log.syncs
 
     def sync(self):
         """Make every write acknowledged so far durable against power loss.
@@ -495,18 +692,28 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
                 return
 
     def _last_seq_locked(self, key):
+        """Return the last seq assigned to key, caching it; needs the write lock."""
         seq = self._last_seqs.get(key)
         if seq is None:
-            seq = self._max_seq_in(self._version, key)
+            if self._empty_at_open:
+                seq = 0
+            else:
+                seq = self._max_seq_in(self._version, key)
             self._last_seqs[key] = seq
         return seq
 
     @staticmethod
     def _max_seq_in(version, key, memtables=True):
-        seq = 0
+        """Return the highest seq of key in version's memtables and tables, or 0."""
         if memtables:
+            seq = 0
             for memtable in version.memtables:
                 seq = max(seq, memtable.last_seq(key))
+            # Tables hold flushed memtables and older data, so a seq in a
+            # memtable is above every seq of key in the tables.
+            if seq:
+                return seq
+        seq = 0
         for table in version.tables:
             seq = max(seq, table.max_seq(key))
         return seq
@@ -514,7 +721,12 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
     # -- lifecycle -------------------------------------------------------
 
     def stats(self):
-        """Return a dict of counters: levels, bytes written, cache hits, stalls."""
+        """Return a dict of counters: levels, bytes written, cache hits, stalls.
+
+        open_files is the number of table files open now, and
+        open_file_hits and open_file_misses count the reads of table files
+        that found the file open or had to open it (see max_open_files).
+        """
         with self._visible_lock:
             levels = [
                 {"files": len(level), "bytes": sum(i.size for i in level)}
@@ -525,6 +737,11 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
         stats = dict(self._stats)
         stats["wal_bytes"] += self._fast.wal_bytes
         stats["user_bytes"] += self._fast.user_bytes
+        stats["log_syncs"] += self._log.syncs
+        groups = stats["commit_groups"]
+        stats["writes_per_group"] = stats["group_writes"] / groups if groups else 0.0
+        syncs = stats["group_syncs"]
+        stats["writes_per_sync"] = stats["synced_writes"] / syncs if syncs else 0.0
         user = stats["user_bytes"]
         written = (
             stats["wal_bytes"]
@@ -540,6 +757,9 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
             block_cache_misses=self._cache.misses,
             block_cache_hit_rate=(self._cache.hits / lookups) if lookups else 0.0,
             block_cache_bytes=self._cache.used_bytes,
+            open_files=self._open_files.open_files,
+            open_file_hits=self._open_files.hits,
+            open_file_misses=self._open_files.misses,
             write_amplification=(written / user) if user else 0.0,
             sync=self._options["sync"],
             tables=self.tables(),
@@ -566,7 +786,8 @@ class DB(RecoveryMixin, ReadMixin, MaintenanceMixin):
                 self._closing = True
                 self._fast.disable()
                 self._work.notify_all()
-            self._thread.join()
+            for thread in self._threads:
+                thread.join()
             self._stop_syncer.set()
             if self._syncer is not None:
                 self._syncer.join()

@@ -11,6 +11,7 @@ SYNC_MODES = ("none", "periodic", "always", "group")
 # records follow damage, since dropping them would lose acknowledged writes.
 # point_in_time: keep everything before the first damaged record, drop the rest.
 WAL_RECOVERY_MODES = ("tolerate_tail", "point_in_time")
+COMPACTION_STYLES = ("leveled", "tiered")
 
 DEFAULT_OPTIONS = {
     "sync": "none",
@@ -18,8 +19,16 @@ DEFAULT_OPTIONS = {
     "memtable_bytes": 32 * 1024 * 1024,
     "block_bytes": 4096,
     "block_cache_bytes": 64 * 1024 * 1024,
+    # Table files kept open at once; more are closed least recently used
+    # first and reopened on their next read.
+    "max_open_files": 1000,
     "compression": True,
+    "compaction_style": "leveled",
     "level_fanout": 4,
+    "level_size_ratio": 10,
+    "level1_bytes": None,
+    "target_file_bytes": None,
+    "max_levels": 7,
     "l0_stop_files": 12,
     "expiry_check_seconds": 60.0,
     "max_payload_bytes": keys.DEFAULT_MAX_PAYLOAD_BYTES,
@@ -49,8 +58,23 @@ def check_options(options):
         raise InvalidArgumentError(
             f"sync={merged['sync']!r} is invalid; use one of {', '.join(SYNC_MODES)}"
         )
+    if merged["compaction_style"] not in COMPACTION_STYLES:
+        raise InvalidArgumentError(
+            f"compaction_style={merged['compaction_style']!r} is invalid; use one of "
+            f"{', '.join(COMPACTION_STYLES)}"
+        )
+    # Sizes left at None follow memtable_bytes: level 1 holds about what
+    # level 0 holds when it triggers a merge, and a file about one memtable.
+    if merged["level1_bytes"] is None:
+        merged["level1_bytes"] = merged["level_fanout"] * merged["memtable_bytes"]
+    if merged["target_file_bytes"] is None:
+        merged["target_file_bytes"] = merged["memtable_bytes"]
     for name, low in (
         ("memtable_bytes", 4096),
+        ("level_size_ratio", 2),
+        ("level1_bytes", 1024),
+        ("target_file_bytes", 1024),
+        ("max_levels", 2),
         ("block_bytes", 256),
         ("block_cache_bytes", 0),
         ("level_fanout", 2),
@@ -58,6 +82,7 @@ def check_options(options):
         ("max_batch_bytes", 1),
         ("sync_interval_ms", 1),
         ("l0_stop_files", 2),
+        ("max_open_files", 1),
     ):
         value = merged[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

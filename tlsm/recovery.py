@@ -19,6 +19,7 @@ from . import keys
 from .errors import CorruptionError, InvalidArgumentError
 from .manifest import Manifest, log_file_name, table_file_name
 from .memtable import Memtable
+from .sstable import LiveTables
 from .table import Table
 from .wal import read_log
 
@@ -82,13 +83,15 @@ class RecoveryMixin:
             self._table_handles[name] = Table(self, name, spec["id"], spec["ttl"])
         self._default = self._table_handles["default"]
 
-        self._tables = {}
+        self._tables = LiveTables()
         for level in manifest.levels:
             for info in level:
                 table = self._tables[info.number] = self._make_table(info)
                 table.open()
                 for key, start, end in table.tombstones:
                     self._add_tombstone(key, start, end)
+
+        self._adopt_compaction_style(manifest)
 
         recovered = self._replay_logs(
             sorted(n for n in numbers["log"] if n >= manifest.log_number)
@@ -159,3 +162,47 @@ class RecoveryMixin:
                         recovered.add(key, seq, kind, expires_at, value)
         self._stats["recovered_entries"] = len(recovered)
         return recovered
+
+    def _adopt_compaction_style(self, manifest):
+        """Give every table a key range and make the levels fit the chosen style.
+
+        Manifests of format 1 lack key ranges, which come from the tables'
+        summaries and tombstones here. A leveled level whose tables overlap
+        (a database that was tiered) moves to level 0, whose tables may
+        overlap; the next level-0 merge then rewrites it as leveled.
+        """
+        for level in manifest.levels:
+            for info in level:
+                if info.smallest is None:
+                    info.smallest, info.largest = _key_range(self._tables[info.number])
+        style = self._options["compaction_style"]
+        if manifest.compaction_style != style:
+            log.info(
+                "%s: switching compaction from %s to %s",
+                self.path,
+                manifest.compaction_style,
+                style,
+            )
+            manifest.compaction_style = style
+        if style != "leveled":
+            return
+        for index in range(1, len(manifest.levels)):
+            level = sorted(manifest.levels[index], key=lambda info: info.smallest)
+            disjoint = all(a.largest < b.smallest for a, b in zip(level, level[1:]))
+            if disjoint:
+                manifest.levels[index] = level
+            else:
+                manifest.levels[0].extend(manifest.levels[index])
+                manifest.levels[index] = []
+        while len(manifest.levels) > 1 and not manifest.levels[-1]:
+            manifest.levels.pop()
+
+
+def _key_range(table):
+    """Return (smallest, largest) stored timeline key that table holds anything of."""
+    table.load()
+    present = list(table.summary)
+    present.extend(key for key, _, _ in table.tombstones)
+    if not present:
+        return b"", b""
+    return min(present), max(present)

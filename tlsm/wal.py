@@ -110,6 +110,8 @@ class LogWriter:
         self.file = file
         self.broken = None
         self.synced_size = file.size
+        # fdatasync calls that succeeded, for DB.stats().
+        self.syncs = 0
         self._sync_lock = threading.Lock()
         self._closed = False
 
@@ -143,6 +145,7 @@ class LogWriter:
             if size <= self.synced_size:
                 return False
             self.file.sync()
+            self.syncs += 1
             self.synced_size = max(self.synced_size, size)
             return True
 
@@ -154,6 +157,7 @@ class LogWriter:
             try:
                 if sync and self.file.size > self.synced_size and self.broken is None:
                     self.file.sync()
+                    self.syncs += 1
                     self.synced_size = self.file.size
             finally:
                 self._closed = True

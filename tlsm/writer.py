@@ -182,6 +182,28 @@ class FastWriter:
         finally:
             self._write_lock.release()
 
+    def uncached_keys(self, table, entries):
+        """Return the stored keys of entries that the last-seq cache lacks.
+
+        entries is as for append_batch. Returns None when an entry is not a
+        (timeline_id, payload) tuple or its timeline_id is one the fast path
+        rejects, so the general path raises the proper error. A key may
+        appear more than once. Changes nothing.
+        """
+        if type(entries) not in (list, tuple):
+            return None
+        prefix = table._prefix
+        missing = []
+        for item in entries:
+            if type(item) is not tuple or len(item) != 2:
+                return None
+            key = self._key(prefix, item[0])
+            if key is None:
+                return None
+            if key not in self._last_seqs:
+                missing.append(key)
+        return missing
+
     def _sync_ok(self, sync):
         return sync is False or (sync is None and not self._sync_always)
 

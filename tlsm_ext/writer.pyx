@@ -347,6 +347,21 @@ cdef class FastWriter:
         self._account(count, user_bytes, length)
         return seqs
 
+    def uncached_keys(self, table, entries):
+        if type(entries) is not list and type(entries) is not tuple:
+            return None
+        prefix = table._prefix
+        cdef list missing = []
+        for item in entries:
+            if type(item) is not tuple or PyTuple_GET_SIZE(item) != 2:
+                return None
+            key = self._make_key(prefix, <object>PyTuple_GET_ITEM(item, 0))
+            if key is None:
+                return None
+            if PyDict_GetItem(self._last_seqs, key) == NULL:
+                missing.append(key)
+        return missing
+
     cdef bint _may_start(self, object table, object ttl, object sync) except -1:
         if not self._has_view or ttl is not None:
             return False

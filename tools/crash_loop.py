@@ -24,7 +24,13 @@ import time
 
 import tlsm
 
-CHILD_OPTIONS = {"memtable_bytes": 64 * 1024, "level_fanout": 3}
+CHILD_OPTIONS = {
+    "memtable_bytes": 64 * 1024,
+    "level_fanout": 3,
+    "level1_bytes": 256 * 1024,
+    "level_size_ratio": 4,
+    "target_file_bytes": 32 * 1024,
+}
 
 
 def child(path, sync):

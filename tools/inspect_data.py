@@ -15,11 +15,19 @@ import argparse
 import os
 import sys
 
+from tlsm import compaction_pick
 from tlsm.errors import CorruptionError, StorageIOError
 from tlsm.fs import OsFileSystem
 from tlsm.manifest import Manifest, table_file_name
 from tlsm.sstable import NEVER_EXPIRES, BlockCache, SSTable
 from tlsm.wal import read_log
+
+
+def _show_key(key):
+    """Return a stored timeline key as table id and timeline id, e.g. 1:'room:7'."""
+    if not key:
+        return "(none)"
+    return f"{key[0]}:{key[1:].decode('utf-8', 'replace')!r}"
 
 
 def _describe_table(fs, path, number, verify):
@@ -87,8 +95,15 @@ def main(argv=None):
         manifest = Manifest()
     print(
         f"manifest: next file {manifest.next_file_number}, first unflushed log "
-        f"{manifest.log_number}"
+        f"{manifest.log_number}, {manifest.compaction_style} compaction"
     )
+    ranged = all(i.smallest is not None for level in manifest.levels for i in level)
+    if manifest.compaction_style == "leveled" and ranged:
+        try:
+            compaction_pick.check_leveled(manifest.levels)
+        except AssertionError as exc:
+            damaged = True
+            print(f"  OVERLAPPING LEVEL: {exc}")
     for name, spec in sorted(manifest.tables.items()):
         print(f"  table {name!r}: id {spec['id']}, default ttl {spec['ttl']}")
     tables = []
@@ -97,6 +112,11 @@ def main(argv=None):
             f"level {level_number}: {len(level)} files, {sum(i.size for i in level)} bytes"
         )
         for info in level:
+            if info.smallest is not None:
+                print(
+                    f"  {table_file_name(info.number)}: keys "
+                    f"{_show_key(info.smallest)} .. {_show_key(info.largest)}"
+                )
             path = os.path.join(args.data_dir, table_file_name(info.number))
             try:
                 tables.append(_describe_table(fs, path, info.number, args.verify))
