@@ -1,5 +1,6 @@
 """The embedded engine's public API on real files."""
 
+import os
 import threading
 
 import pytest
@@ -193,3 +194,15 @@ def test_malformed_batch_entries_rejected(db):
         db.append_batch([("a",)])
     with pytest.raises(InvalidArgumentError, match="pairs"):
         db.append_batch("ab")
+
+
+def test_lazy_scan_raises_after_close(tmp_path):
+    db = tlsm.open(tmp_path / "db", memtable_bytes=8192)
+    for _ in range(3000):
+        db.append("a", os.urandom(50))
+    db.flush()
+    pairs = db.scan("a")
+    assert next(pairs)[0] == 1
+    db.close()
+    with pytest.raises(ClosedError, match="closed during the scan"):
+        list(pairs)

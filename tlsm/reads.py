@@ -224,7 +224,7 @@ class ReadMixin:
                     break
             return iter(out)
         return _iterate_lazily(
-            version, key, runs, segments, memory_end, limit, reverse, now_ms
+            self, version, key, runs, segments, memory_end, limit, reverse, now_ms
         )
 
 
@@ -273,10 +273,13 @@ def _append_live(entries, now_ms, limit, out):
             return
 
 
-def _iterate_lazily(version, key, runs, segments, memory_end, limit, reverse, now_ms):
+def _iterate_lazily(
+    db, version, key, runs, segments, memory_end, limit, reverse, now_ms
+):
     """Yield (seq, value) pairs source by source, a chunk at a time.
 
     Holds at most one chunk (a memtable slice or one block's entries) at once.
+    Raises ClosedError at the next chunk once db is closed.
     """
     remaining = -1 if limit is None else limit
     for low, high in segments:
@@ -284,6 +287,8 @@ def _iterate_lazily(version, key, runs, segments, memory_end, limit, reverse, no
         if not sources:
             continue
         for chunk in _chunks(sources, key, low, high, reverse, now_ms):
+            if db._closed:
+                raise ClosedError(f"database {db.path} was closed during the scan")
             for pair in chunk:
                 yield pair
                 remaining -= 1
