@@ -21,6 +21,7 @@ by compaction stays readable (its file stays pinned in the open-file
 cache) until the last reader drops it.
 """
 
+import bisect
 import collections
 import logging
 import os
@@ -53,14 +54,40 @@ _MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+# Up to this many tables, a read asks every table's bloom filter; with more,
+# it first picks by key range the one table of each disjoint level that can
+# hold the timeline.
+_RANGE_PICK_TABLES = 8
+
+
 class _Version:
-    """An immutable list of the sources a read consults, newest first."""
+    """An immutable list of the sources a read consults, newest first.
 
-    __slots__ = ("memtables", "tables")
+    tables lists every table. tables_for(key) returns the ones that may
+    hold key: level 0 and overlapping levels whole, and from each level
+    with disjoint key ranges only the table whose range contains key.
+    """
 
-    def __init__(self, memtables, tables):
+    __slots__ = ("memtables", "tables", "_overlapping", "_disjoint")
+
+    def __init__(self, memtables, tables, overlapping=(), disjoint=()):
         self.memtables = memtables
         self.tables = tables
+        # Tables of level 0 (and of tiered levels), newest first.
+        self._overlapping = overlapping
+        # Per leveled level: (smallest keys, largest keys, tables) in key order.
+        self._disjoint = disjoint
+
+    def tables_for(self, key):
+        """Return the tables that may hold entries of key, newer levels first."""
+        if not self._disjoint:
+            return self.tables
+        picked = list(self._overlapping)
+        for smallest, largest, tables in self._disjoint:
+            index = bisect.bisect_right(smallest, key) - 1
+            if index >= 0 and key <= largest[index]:
+                picked.append(tables[index])
+        return tuple(picked)
 
 
 class DB(RecoveryMixin, ReadMixin, CommitMixin, MaintenanceMixin):
@@ -194,7 +221,22 @@ class DB(RecoveryMixin, ReadMixin, CommitMixin, MaintenanceMixin):
         # so the order only matters for speed: newer tables hold newer seqs.
         levels = self._manifest.levels
         tables = tuple(self._tables[info.number] for level in levels for info in level)
-        self._version = _Version(memtables, tables)
+        if self._manifest.compaction_style != "leveled" or len(tables) <= (
+            _RANGE_PICK_TABLES
+        ):
+            self._version = _Version(memtables, tables)
+            return
+        overlapping = tuple(self._tables[info.number] for info in levels[0])
+        disjoint = tuple(
+            (
+                [info.smallest for info in level],
+                [info.largest for info in level],
+                [self._tables[info.number] for info in level],
+            )
+            for level in levels[1:]
+            if level
+        )
+        self._version = _Version(memtables, tables, overlapping, disjoint)
 
     def _add_tombstone(self, key, start, end):
         self._tombstones[key] = tomb.add_interval(
@@ -386,7 +428,7 @@ class DB(RecoveryMixin, ReadMixin, CommitMixin, MaintenanceMixin):
             if seq:
                 return seq
         seq = 0
-        for table in version.tables:
+        for table in version.tables_for(key):
             seq = max(seq, table.max_seq(key))
         return seq
 

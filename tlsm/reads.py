@@ -132,7 +132,7 @@ class ReadMixin:
         if tomb.covers(view.tombstones.get(key), seq):
             return None
         if entry is None:
-            for table in view.version.tables:
+            for table in view.version.tables_for(key):
                 entry = table.get(key, seq)
                 if entry is not None:
                     break
@@ -193,7 +193,7 @@ class ReadMixin:
         now_ms = max(0, math.floor(self._now_ms()))
         if limit is not None and limit <= _EAGER_LIMIT:
             out = []
-            tables = version.tables
+            tables = version.tables_for(key)
             for low, high in segments:
                 remaining = limit - len(out)
                 if not scan.collect_range(
@@ -283,7 +283,9 @@ def _iterate_lazily(
     """
     remaining = -1 if limit is None else limit
     for low, high in segments:
-        sources = scan.find_sources(runs, version.tables, key, low, high, memory_end)
+        sources = scan.find_sources(
+            runs, version.tables_for(key), key, low, high, memory_end
+        )
         if not sources:
             continue
         for chunk in _chunks(sources, key, low, high, reverse, now_ms):
