@@ -131,6 +131,48 @@ def test_mid_log_damage_refuses_open(tmp_path):
         assert db.stats()["recovery_dropped_bytes"] > 0
 
 
+def _record_offset(log_path, index):
+    data = log_path.read_bytes()
+    pos = 0
+    for _ in range(index):
+        pos += 8 + int.from_bytes(data[pos + 4 : pos + 8], "little")
+    return pos
+
+
+@pytest.mark.parametrize(
+    ("damage", "at", "replacement"),
+    [
+        ("length field bit", 4, None),
+        ("length field high byte", 7, None),
+        ("header zeroed", 0, b"\0" * 8),
+        ("64 bytes zeroed", 3, b"\0" * 64),
+    ],
+    ids=["length-bit", "length-high-byte", "header-zeroed", "64-bytes-zeroed"],
+)
+def test_mid_log_damage_that_hides_the_next_record(tmp_path, damage, at, replacement):
+    # A damaged length or a zeroed header leaves no pointer to the next
+    # record; the intact records after it must still make the open fail.
+    acked = _acknowledged(_crash_after(tmp_path, 30))
+    (log_name,) = _logs(tmp_path)
+    log_path = tmp_path / log_name
+    offset = _record_offset(log_path, 10)
+    data = bytearray(log_path.read_bytes())
+    if replacement is None:
+        data[offset + at] ^= 0x01 if at == 4 else 0x40
+    else:
+        data[offset + at : offset + at + len(replacement)] = replacement
+    log_path.write_bytes(bytes(data))
+    with pytest.raises(CorruptionError, match="followed by intact records"):
+        tlsm.open(tmp_path)
+    with tlsm.open(tmp_path, wal_recovery="point_in_time") as db:
+        kept = [key for key, payload in acked.items() if db.get(*key) == payload]
+        assert 0 < len(kept) < len(acked)
+        dropped = db.stats()["recovery_dropped_bytes"]
+        # Only written records count as dropped, not the preallocated zeros.
+        assert 0 < dropped < len(data) - offset + 1
+        assert dropped <= len(bytes(data).rstrip(b"\0")) - offset
+
+
 def test_damaged_last_record_is_a_torn_tail(tmp_path):
     lines = _crash_after(tmp_path, 30)
     acked = _acknowledged(lines)
