@@ -206,3 +206,24 @@ def test_lazy_scan_raises_after_close(tmp_path):
     db.close()
     with pytest.raises(ClosedError, match="closed during the scan"):
         list(pairs)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"create_if_missing": "no"}, "create_if_missing='no' must be True or False"),
+        ({"compression": "zstd"}, "compression='zstd' must be True or False"),
+        ({"level_fanout": 0}, "level_fanout=0 must be an int >= 2"),
+        ({"memtable_bytes": 2**62}, "memtable_bytes=4611686018427387904 is above"),
+        ({"max_levels": 100}, "max_levels=100 is above the limit of 20"),
+        ({"max_open_files": 0}, "max_open_files=0 must be an int >= 1"),
+        (
+            {"max_payload_bytes": 100 << 20},
+            "max_payload_bytes=104857600 is above max_batch_bytes=67108864",
+        ),
+    ],
+)
+def test_invalid_option_names_value_and_limit(tmp_path, options, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        tlsm.open(tmp_path / "db", **options)
+    assert not (tmp_path / "db").exists()

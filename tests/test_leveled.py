@@ -80,14 +80,14 @@ def test_tombstone_kept_through_partial_merges(tmp_path):
         for i in range(200):
             db.append("victim", b"old %d" % i)
         _fill(db, rng, others, 3000)
-        db.wait_for_compaction(timeout=60)
+        assert db.wait_for_compaction(timeout=60)
         db.trim("victim", 151)
         db.delete("victim", 170)
         db.flush()
         # More writes push the tombstones' file down through partial merges
         # while older victim entries sit in tables those merges do not read.
         _fill(db, rng, others, 3000)
-        db.wait_for_compaction(timeout=60)
+        assert db.wait_for_compaction(timeout=60)
         db.flush()
         check_tree(db)
     expected = [s for s in range(151, 201) if s != 170]
@@ -157,11 +157,19 @@ def _write_version_1(path):
 def test_tiered_data_converts_to_leveled_on_open(tmp_path):
     rng = random.Random(5)
     timelines = [f"c{i:03d}" for i in range(150)]
-    tiered = dict(SMALL, compaction_style="tiered", level_fanout=4)
+    tiered = dict(
+        SMALL, compaction_style="tiered", level_fanout=3, memtable_bytes=1 << 20
+    )
+    written = {}
     with tlsm.open(tmp_path / "db", **tiered) as db:
-        written = _fill(db, rng, timelines, 5000)
-        db.wait_for_compaction(timeout=60)
-        assert any(level["files"] > 1 for level in db.stats()["levels"][1:])
+        # Every third flush merges level 0 into one new run of level 1, so
+        # six flushes leave two overlapping runs there.
+        for round_number in range(6):
+            written.update(_fill(db, rng, timelines, 400))
+            db.flush()
+            if round_number % 3 == 2:
+                assert db.wait_for_compaction(timeout=60)
+        assert [level["files"] for level in db.stats()["levels"]] == [0, 2]
     _write_version_1(tmp_path / "db")
     with tlsm.open(tmp_path / "db", **SMALL) as db:
         assert _read_all(db, timelines) == written
@@ -171,7 +179,7 @@ def test_tiered_data_converts_to_leveled_on_open(tmp_path):
     with tlsm.open(tmp_path / "db", **tiered) as db:
         assert _read_all(db, timelines) == written
         more = _fill(db, rng, timelines, 2000)
-        db.wait_for_compaction(timeout=60)
+        assert db.wait_for_compaction(timeout=60)
         assert _read_all(db, timelines) == {**written, **more}
 
 

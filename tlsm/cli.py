@@ -11,6 +11,7 @@ import sys
 
 from . import argtypes, im, replay, server
 from .keys import DEFAULT_MAX_PAYLOAD_BYTES
+from .options import COMPACTION_STYLES, DEFAULT_OPTIONS
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -62,9 +63,9 @@ def build_parser():
         default="none",
         help="none: each write reaches the OS before its reply, which survives a "
         "process crash; periodic: also fsynced every --sync-interval-ms, so a "
-        "power loss loses at most that much; always: replies wait for an fsync "
-        "shared by all writes of one event-loop pass, which survives a power "
-        "loss (default: none)",
+        "power loss loses at most that much; always: each reply waits for an "
+        "fsync that began after its write, shared by every write made while "
+        "the previous fsync ran, which survives a power loss (default: none)",
     )
     serve.add_argument(
         "--wal-recovery",
@@ -87,6 +88,28 @@ def build_parser():
         default=DEFAULT_MAX_PAYLOAD_BYTES,
         help="largest payload accepted, in bytes "
         f"(default: {DEFAULT_MAX_PAYLOAD_BYTES})",
+    )
+    serve.add_argument(
+        "--memtable-bytes",
+        type=argtypes.positive,
+        default=DEFAULT_OPTIONS["memtable_bytes"],
+        help="memtable size that triggers a flush to a table file "
+        f"(default: {DEFAULT_OPTIONS['memtable_bytes']})",
+    )
+    serve.add_argument(
+        "--compaction-style",
+        choices=COMPACTION_STYLES,
+        default=DEFAULT_OPTIONS["compaction_style"],
+        help="leveled: each level below 0 holds tables with disjoint key ranges, "
+        "so a read visits one table per level; tiered: levels of sorted runs, "
+        "which rewrites less data (default: leveled; see docs/engine.md)",
+    )
+    serve.add_argument(
+        "--max-open-files",
+        type=argtypes.positive,
+        default=DEFAULT_OPTIONS["max_open_files"],
+        help="table files kept open at once; keep it below the process's "
+        f"ulimit -n (default: {DEFAULT_OPTIONS['max_open_files']})",
     )
     serve.add_argument(
         "--max-input-bytes",
@@ -167,6 +190,11 @@ def main(argv=None):
             sync_ttl_seconds=args.sync_ttl_seconds,
             idempotency_window_seconds=args.idempotency_window_seconds,
             fanout_threshold=args.fanout_threshold,
+            engine_options={
+                "memtable_bytes": args.memtable_bytes,
+                "compaction_style": args.compaction_style,
+                "max_open_files": args.max_open_files,
+            },
         )
         return server.run(config)
     return replay.run(args)

@@ -40,6 +40,28 @@ DEFAULT_OPTIONS = {
 }
 
 
+# (name, smallest, largest) of each integer option. The largest values keep
+# lengths within the 32-bit fields of the log and block formats and keep
+# the rest within what a process can use.
+_INT_OPTIONS = (
+    ("memtable_bytes", 4096, 1 << 32),
+    ("block_bytes", 256, 16 << 20),
+    ("block_cache_bytes", 0, 1 << 40),
+    ("level_fanout", 2, 1000),
+    ("level_size_ratio", 2, 1000),
+    ("level1_bytes", 1024, 1 << 50),
+    ("target_file_bytes", 1024, 1 << 36),
+    ("max_levels", 2, 20),
+    ("max_payload_bytes", 1, keys.MAX_PAYLOAD_BYTES_LIMIT),
+    ("max_batch_bytes", 1, 1 << 31),
+    ("sync_interval_ms", 1, 3_600_000),
+    ("l0_stop_files", 2, 100_000),
+    ("max_open_files", 1, 1 << 20),
+)
+# Options whose None means "derived from other options".
+_DERIVED = ("level1_bytes", "target_file_bytes")
+
+
 def check_options(options):
     """Return options merged over DEFAULT_OPTIONS; raise InvalidArgumentError for bad ones."""
     unknown = set(options) - set(DEFAULT_OPTIONS)
@@ -63,42 +85,40 @@ def check_options(options):
             f"compaction_style={merged['compaction_style']!r} is invalid; use one of "
             f"{', '.join(COMPACTION_STYLES)}"
         )
+    for name in ("create_if_missing", "compression"):
+        if not isinstance(merged[name], bool):
+            raise InvalidArgumentError(
+                f"option {name}={merged[name]!r} must be True or False"
+            )
+    for name, low, high in _INT_OPTIONS:
+        value = merged[name]
+        if value is None and name in _DERIVED:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidArgumentError(
+                f"option {name}={value!r} must be an int >= {low}"
+            )
+        if value > high:
+            raise InvalidArgumentError(
+                f"option {name}={value} is above the limit of {high}"
+            )
     # Sizes left at None follow memtable_bytes: level 1 holds about what
     # level 0 holds when it triggers a merge, and a file about one memtable.
     if merged["level1_bytes"] is None:
         merged["level1_bytes"] = merged["level_fanout"] * merged["memtable_bytes"]
     if merged["target_file_bytes"] is None:
         merged["target_file_bytes"] = merged["memtable_bytes"]
-    for name, low in (
-        ("memtable_bytes", 4096),
-        ("level_size_ratio", 2),
-        ("level1_bytes", 1024),
-        ("target_file_bytes", 1024),
-        ("max_levels", 2),
-        ("block_bytes", 256),
-        ("block_cache_bytes", 0),
-        ("level_fanout", 2),
-        ("max_payload_bytes", 1),
-        ("max_batch_bytes", 1),
-        ("sync_interval_ms", 1),
-        ("l0_stop_files", 2),
-        ("max_open_files", 1),
-    ):
-        value = merged[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise InvalidArgumentError(
-                f"option {name}={value!r} must be an int >= {low}"
-            )
+    if merged["max_payload_bytes"] > merged["max_batch_bytes"]:
+        # A single append is logged as a batch of one.
+        raise InvalidArgumentError(
+            f"option max_payload_bytes={merged['max_payload_bytes']} is above "
+            f"max_batch_bytes={merged['max_batch_bytes']}"
+        )
     if merged["l0_stop_files"] < merged["level_fanout"]:
         # Level 0 compacts at level_fanout tables; a lower stop would wait forever.
         raise InvalidArgumentError(
             f"option l0_stop_files={merged['l0_stop_files']} must be >= "
             f"level_fanout={merged['level_fanout']}"
-        )
-    if merged["max_payload_bytes"] > keys.MAX_PAYLOAD_BYTES_LIMIT:
-        raise InvalidArgumentError(
-            f"option max_payload_bytes={merged['max_payload_bytes']} is above the "
-            f"limit of {keys.MAX_PAYLOAD_BYTES_LIMIT}"
         )
     check = merged["expiry_check_seconds"]
     if isinstance(check, bool) or not isinstance(check, (int, float)) or check <= 0:

@@ -80,8 +80,12 @@ logger = logging.getLogger(__name__)
 def add_arguments(parser):
     """Add the replay options to an argparse parser."""
     parser.add_argument("file", help="chat log as gzip-compressed JSON lines")
-    parser.add_argument("--host", default="127.0.0.1", help="server address")
-    parser.add_argument("--port", type=int, default=7379, help="server port")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="server address (default: 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=7379, help="server port (default: 7379)"
+    )
     parser.add_argument(
         "--limit",
         type=argtypes.non_negative,

@@ -62,6 +62,7 @@ class ServerConfig:
         sync_ttl_seconds=DEFAULT_SYNC_TTL_SECONDS,
         idempotency_window_seconds=DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
         fanout_threshold=DEFAULT_FANOUT_THRESHOLD,
+        engine_options=None,
     ):
         self.host = host
         self.port = port
@@ -75,6 +76,8 @@ class ServerConfig:
         self.sync_ttl_seconds = sync_ttl_seconds
         self.idempotency_window_seconds = idempotency_window_seconds
         self.fanout_threshold = fanout_threshold
+        # More tlsm.open options (memtable_bytes, compaction_style, ...).
+        self.engine_options = dict(engine_options or {})
 
 
 def server_version():
@@ -406,14 +409,18 @@ def run(config):
         return 1
     try:
         os.makedirs(config.data_dir, exist_ok=True)
-        # With "always", the server itself fsyncs once per event-loop pass
-        # (group commit), so the engine runs in its "group" mode.
+        # With "always", the server fsyncs in a worker thread and holds each
+        # reply until an fsync that began after its write has ended (group
+        # commit), so the engine runs in its "group" mode.
         db = tlsm.open(
             config.data_dir,
             sync="group" if config.sync == "always" else config.sync,
             sync_interval_ms=config.sync_interval_ms,
             wal_recovery=config.wal_recovery,
             max_payload_bytes=config.max_payload_bytes,
+            # A batch must fit the largest payload the server accepts.
+            max_batch_bytes=max(config.max_payload_bytes, 64 * 1024 * 1024),
+            **config.engine_options,
         )
     except (OSError, tlsm.TlsmError) as exc:
         log.error("cannot open data dir %s: %s", config.data_dir, exc)

@@ -12,6 +12,7 @@ Exits 1 when it finds damage.
 """
 
 import argparse
+import datetime
 import os
 import sys
 
@@ -33,7 +34,13 @@ def _show_key(key):
 def _describe_table(fs, path, number, verify):
     table = SSTable(fs, path, number, os.path.getsize(path), BlockCache(0))
     table.load()
-    expiry = "never" if table.max_expires_at == NEVER_EXPIRES else table.max_expires_at
+    if table.max_expires_at == NEVER_EXPIRES:
+        expiry = "never"
+    else:
+        moment = datetime.datetime.fromtimestamp(
+            table.max_expires_at / 1000, datetime.timezone.utc
+        )
+        expiry = moment.isoformat(timespec="seconds")
     print(
         f"  {os.path.basename(path)}: {table.entry_count} entries, "
         f"{len(table.summary)} timelines, {len(table.tombstones)} tombstones, "
@@ -73,6 +80,9 @@ def main(argv=None):
     parser.add_argument("--timeline", help="print the entries of this timeline")
     parser.add_argument("--table", default="default", help="table of --timeline")
     args = parser.parse_args(argv)
+    if not os.path.isdir(args.data_dir):
+        print(f"{args.data_dir}: not found or not a directory", file=sys.stderr)
+        return 2
     fs = OsFileSystem()
     damaged = False
     try:
@@ -120,7 +130,7 @@ def main(argv=None):
             path = os.path.join(args.data_dir, table_file_name(info.number))
             try:
                 tables.append(_describe_table(fs, path, info.number, args.verify))
-            except (CorruptionError, StorageIOError) as exc:
+            except (CorruptionError, StorageIOError, OSError) as exc:
                 damaged = True
                 print(f"  DAMAGED {os.path.basename(path)}: {exc}")
     for name in sorted(os.listdir(args.data_dir)):
