@@ -17,7 +17,8 @@ import tlsm
 from tlsm import block, keys, scan
 from tlsm.fs import OsFileSystem
 from tlsm.keys import KIND_PUT, MAX_SEQ
-from tlsm.sstable import SSTable, TableWriter
+from tlsm.sstable import SSTable
+from tlsm.table_writer import TableWriter
 
 END = MAX_SEQ + 1
 

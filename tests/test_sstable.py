@@ -9,7 +9,8 @@ import tlsm
 from tlsm.bloom import BloomFilter, build
 from tlsm.errors import CorruptionError
 from tlsm.fs import OsFileSystem
-from tlsm.sstable import FOOTER_SIZE, BlockCache, SSTable, TableWriter
+from tlsm.sstable import FOOTER_SIZE, BlockCache, SSTable
+from tlsm.table_writer import TableWriter
 
 
 def _write_table(path, timelines, per_timeline=50):

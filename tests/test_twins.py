@@ -110,6 +110,111 @@ def test_block_encode_twins():
         assert outcome(extension.encode_block, entries) == expected, entries
 
 
+def entries_to_slices(rng, entries):
+    """Return run slices holding entries, split at random, with filler around.
+
+    Consecutive entries of one timeline may land in one slice or several,
+    and each slice's lists hold unrelated items before start and after stop.
+    """
+    slices = []
+    position = 0
+    while position < len(entries):
+        stop = position + 1
+        while (
+            stop < len(entries)
+            and entries[stop][0] == entries[position][0]
+            and rng.random() < 0.8
+        ):
+            stop += 1
+        before = rng.randint(0, 2)
+        after = rng.randint(0, 2)
+        columns = [
+            [None] * before
+            + [entry[field] for entry in entries[position:stop]]
+            + ["filler"] * after
+            for field in range(1, 5)
+        ]
+        slices.append(
+            (entries[position][0], *columns, before, before + stop - position)
+        )
+        position = stop
+    return slices
+
+
+def spoil_slices(rng, slices):
+    """Return slices with one slice malformed, or in a form only the slow path takes."""
+    slices = list(slices)
+    index = rng.randrange(len(slices))
+    timeline_id, seqs, kinds, expires, values, start, stop = slices[index]
+    choice = rng.randrange(7)
+    if choice == 0:
+        slices[index] = list(slices[index])
+    elif choice == 1:
+        slices[index] = slices[index][:6]
+    elif choice == 2:
+        slices[index] = (timeline_id, seqs, kinds, expires, values, start, stop + 4)
+    elif choice == 3:
+        slices[index] = (timeline_id, seqs, kinds, expires, values, stop, start)
+    elif choice == 4:
+        slices[index] = (timeline_id, seqs, kinds, expires, values, -1, stop)
+    elif choice == 5:
+        slices[index] = (timeline_id, tuple(seqs), kinds, expires, values, start, stop)
+    else:
+        slices[index] = (timeline_id, seqs, kinds, expires, values, True, stop)
+    return slices
+
+
+def test_block_encode_runs_twins():
+    extension = load_extension("block")
+    rng = random.Random(33)
+    for _ in range(2000):
+        entries = random_entries(rng)
+        if rng.random() < 0.4:
+            entries = spoil_entries(rng, entries)
+        slices = entries_to_slices(rng, entries)
+        if rng.random() < 0.2:
+            slices = spoil_slices(rng, slices)
+            expected = outcome(block.PurePython.encode_block_runs, slices)
+        else:
+            expected = outcome(block.PurePython.encode_block, entries)
+            assert outcome(block.PurePython.encode_block_runs, slices) == expected
+        assert outcome(extension.encode_block_runs, slices) == expected, slices
+        assert outcome(extension.encode_block_runs, iter(slices)) == expected
+
+
+def test_block_encode_runs_empty_twins():
+    extension = load_extension("block")
+    expected = block.PurePython.encode_block([])
+    for slices in [
+        [],
+        [(b"t", [], [], [], [], 0, 0)],
+        [(b"", [1], [1], [0], [b""], 1, 1)],
+    ]:
+        assert extension.encode_block_runs(slices) == expected
+        assert block.PurePython.encode_block_runs(slices) == expected
+
+
+def test_run_block_end_twins():
+    extension = load_extension("block")
+    rng = random.Random(34)
+    for _ in range(2000):
+        values = [rng.randbytes(rng.randint(0, 300)) for _ in range(rng.randint(0, 40))]
+        if values and rng.random() < 0.2:
+            values[rng.randrange(len(values))] = rng.choice(
+                [bytearray(b"xy"), "abc", 7]
+            )
+        if rng.random() < 0.2:
+            values = tuple(values)
+        start = rng.randint(-2, len(values) + 2)
+        overhead = rng.randint(0, 30)
+        room = rng.randint(1, 2000)
+        expected = outcome(
+            block.PurePython.run_block_end, values, start, overhead, room
+        )
+        actual = outcome(extension.run_block_end, values, start, overhead, room)
+        assert actual == expected, (values, start, overhead, room)
+
+
 def test_block_decode_twins():
     extension = load_extension("block")
     rng = random.Random(32)

@@ -25,10 +25,12 @@ the timeline id), so it is 1 to MAX_KEY_BYTES bytes.
 
 The pure-Python implementation below is the reference. tlsm_ext/block.pyx
 implements the same functions in Cython. When the extension is built, this
-module rebinds encode_block, decode_block and scan_block to them, and the
-pure functions stay reachable through ``PurePython``.
+module rebinds encode_block, encode_block_runs, run_block_end, decode_block
+and scan_block to them, and the pure functions stay reachable through
+``PurePython``.
 """
 
+import itertools
 import types
 
 from . import _impl
@@ -152,6 +154,80 @@ def encode_block(entries):
         )
     out += count.to_bytes(COUNT_BYTES, "little")
     return bytes(out)
+
+
+def slice_entries(slices):
+    """Return the entry tuples that encode_block_runs(slices) encodes, in order.
+
+    Raises InvalidArgumentError when a slice is not a 7-item tuple or its
+    range is not within every one of its four lists.
+    """
+    entries = []
+    for number, run_slice in enumerate(slices):
+        if not isinstance(run_slice, tuple) or len(run_slice) != 7:
+            raise InvalidArgumentError(
+                f"run slice {number} must be a tuple (timeline_id, seqs, kinds, "
+                f"expires, values, start, stop), not {run_slice!r:.80}"
+            )
+        timeline_id, seqs, kinds, expires, values, start, stop = run_slice
+        length = min(len(seqs), len(kinds), len(expires), len(values))
+        if not (_is_int(start) and _is_int(stop) and 0 <= start <= stop <= length):
+            raise InvalidArgumentError(
+                f"run slice {number}: range {start!r}..{stop!r} is not within "
+                f"0..{length}, the length of its shortest list"
+            )
+        entries.extend(
+            zip(
+                itertools.repeat(timeline_id, stop - start),
+                seqs[start:stop],
+                kinds[start:stop],
+                expires[start:stop],
+                values[start:stop],
+            )
+        )
+    return entries
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def encode_block_runs(slices):
+    """Encode the entries of run slices into block bytes.
+
+    slices is a list of ``(timeline_id, seqs, kinds, expires, values, start,
+    stop)`` tuples: the four lists are parallel columns of one timeline's
+    entries, and the slice contributes their items start..stop-1. The result
+    and every InvalidArgumentError, with its entry index counted across all
+    slices, are those of encode_block over the same entries as tuples (see
+    slice_entries, which also raises for a malformed slice). The Cython
+    version builds no tuple per entry. Costs O(total bytes).
+    """
+    return _pure_encode_block(slice_entries(slices))
+
+
+def run_block_end(values, start, overhead, room):
+    """Find the end of the block that a run's entries from start on extend.
+
+    Each entry counts len(values[i]) + overhead bytes, and room is the size
+    at which the block ends. Returns (stop, size): stop is one past the
+    first entry whose running total from start reaches room, or len(values)
+    when none does, and size is the total of entries start..stop-1. At least one entry is counted when start is below
+    len(values). Raises InvalidArgumentError when start is outside
+    0..len(values), and TypeError when a value has no len(). Costs
+    O(stop - start).
+    """
+    end = len(values)
+    if not 0 <= start <= end:
+        raise InvalidArgumentError(f"run start {start} is outside 0..{end}")
+    size = 0
+    stop = start
+    while stop < end:
+        size += len(values[stop]) + overhead
+        stop += 1
+        if size >= room:
+            break
+    return stop, size
 
 
 def _corrupt(problem, offset):
@@ -300,15 +376,22 @@ def scan_block(data, timeline_id, start, end, reverse, now_ms, limit, out):
     return entries[-1][:2] < (timeline_id, end)
 
 
+_pure_encode_block = encode_block
 _pure_decode_block = decode_block
 
 PurePython = types.SimpleNamespace(
-    encode_block=encode_block, decode_block=decode_block, scan_block=scan_block
+    encode_block=encode_block,
+    encode_block_runs=encode_block_runs,
+    run_block_end=run_block_end,
+    decode_block=decode_block,
+    scan_block=scan_block,
 )
 
 _extension = _impl.load_extension("block")
 if _extension is not None:
     encode_block = _extension.encode_block
+    encode_block_runs = _extension.encode_block_runs
+    run_block_end = _extension.run_block_end
     decode_block = _extension.decode_block
     scan_block = _extension.scan_block
     IMPLEMENTATION = "cython"

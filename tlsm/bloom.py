@@ -17,7 +17,7 @@ false-positive rate is about 1% (the standard estimate
 (1 - e^(-k n / m))^k gives 0.8%).
 """
 
-import hashlib
+from hashlib import blake2b
 
 import numpy as np
 
@@ -27,22 +27,29 @@ _MIN_BITS = 64
 
 
 def _hashes(key):
-    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    digest = int.from_bytes(blake2b(key, digest_size=8).digest(), "little")
     return digest & 0xFFFFFFFF, (digest >> 32) | 1
 
 
 def build(keys, bits_per_key=BITS_PER_KEY, probes=PROBES):
-    """Return the bloom body for an iterable of keys (bytes)."""
-    keys = list(keys)
-    bits = max(_MIN_BITS, len(keys) * bits_per_key)
+    """Return the bloom body for an iterable of keys (bytes).
+
+    Costs one BLAKE2b digest per key in Python and the probes in numpy.
+    """
+    digests = b"".join([blake2b(key, digest_size=8).digest() for key in keys])
+    count = len(digests) // 8
+    bits = max(_MIN_BITS, count * bits_per_key)
     bits = (bits + 7) // 8 * 8
-    array = np.zeros(bits // 8, dtype=np.uint8)
-    if keys:
-        pairs = np.array([_hashes(key) for key in keys], dtype=np.uint64)
+    bitmap = np.zeros(bits, dtype=np.bool_)
+    if count:
+        # Each digest is h1 then h2, as two little-endian u32 halves.
+        halves = np.frombuffer(digests, dtype="<u4").reshape(count, 2)
+        h1 = halves[:, :1].astype(np.uint64)
+        h2 = halves[:, 1:].astype(np.uint64) | np.uint64(1)
         steps = np.arange(probes, dtype=np.uint64)
-        positions = (pairs[:, :1] + steps * pairs[:, 1:]) % np.uint64(bits)
-        positions = positions.ravel()
-        np.bitwise_or.at(array, positions // 8, (1 << (positions % 8)).astype(np.uint8))
+        bitmap[((h1 + steps * h2) % np.uint64(bits)).ravel()] = True
+    # Bit j of the filter is bit j % 8 of byte j // 8.
+    array = np.packbits(bitmap, bitorder="little")
     return bytes([probes]) + array.tobytes()
 
 

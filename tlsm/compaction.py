@@ -38,7 +38,7 @@ import time
 from . import compaction_pick, survivors
 from . import merge as merge_module
 from .manifest import TableInfo, log_file_name, table_file_name
-from .sstable import TableWriter
+from .table_writer import TableWriter
 
 log = logging.getLogger(__name__)
 

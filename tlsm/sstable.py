@@ -30,10 +30,11 @@ first whose last key is >= K. The summary lists every timeline in the file
 with its seq range: it is an exact filter (a scan skips files without the
 timeline or whose range misses the requested one) and records the highest
 seq each timeline ever reached.
+
+tlsm.table_writer writes these files, and this module reads them.
 """
 
 import bisect
-import itertools
 import logging
 import struct
 import threading
@@ -44,9 +45,9 @@ import lz4.block
 
 from . import block as block_codec
 from . import bloom, scan, table_index
-from .scan import BlockCache  # noqa: F401 (re-exported: DB and tests build it from here)
 from .errors import CorruptionError, TlsmError
 from .open_files import OpenFileCache
+from .scan import BlockCache  # noqa: F401 (re-exported: DB and tests build it from here)
 
 log = logging.getLogger(__name__)
 
@@ -56,200 +57,13 @@ COMPRESSION_NONE = 0
 COMPRESSION_LZ4 = 1
 
 _TRAILER = struct.Struct("<BI")
-_INDEX_ENTRY = struct.Struct("<HQQI")
-_SUMMARY_ENTRY = struct.Struct("<HQQQ")
 _TOMBSTONE = struct.Struct("<HQQ")
 _FOOTER = struct.Struct("<QIQIQIQIQQIIQ")
 _FOOTER_HEAD = struct.Struct("<QIQIQIQIQQI")
 NEVER_EXPIRES = (1 << 64) - 1
 FOOTER_SIZE = _FOOTER.size
-_WRITE_CHUNK = 1 << 20
 # A limit that no block's entry count reaches.
 _NO_LIMIT = 1 << 62
-
-
-def _frame(body, compression):
-    trailer_crc = zlib.crc32(bytes([compression]), zlib.crc32(body))
-    return body + _TRAILER.pack(compression, trailer_crc)
-
-
-class TableWriter:
-    """Writes entries, given in strictly increasing key order, to a new table file."""
-
-    def __init__(self, fs, path, block_bytes=4096, compression=True):
-        self.path = path
-        self._file = fs.create(path)
-        self._block_bytes = block_bytes
-        self._compression = compression
-        self._pending = []
-        self._pending_bytes = 0
-        self._buffer = bytearray()
-        self._offset = 0
-        self._index = []
-        self._summary = {}
-        self._tombstones = []
-        self.max_expires_at = 0
-        self.entry_count = 0
-        self.smallest = None
-        self.largest = None
-
-    def add(self, entry):
-        timeline_id, seq = entry[0], entry[1]
-        self._pending.append(entry)
-        self._pending_bytes += len(entry[4]) + len(timeline_id) + 12
-        self.entry_count += 1
-        expires_at = entry[3]
-        if not expires_at:
-            self.max_expires_at = NEVER_EXPIRES
-        elif expires_at > self.max_expires_at:
-            self.max_expires_at = expires_at
-        span = self._summary.get(timeline_id)
-        if span is None:
-            self._summary[timeline_id] = [seq, seq, 1]
-        else:
-            span[1] = seq
-            span[2] += 1
-        if self._pending_bytes >= self._block_bytes:
-            self._finish_block()
-
-    def add_run(self, timeline_id, seqs, kinds, expires, values):
-        """Add one timeline's entries, given as parallel lists with seqs ascending.
-
-        Writes the same file as add() called per entry, but splits blocks
-        and updates the summary once per block instead of once per entry.
-        timeline_id must sort after every key added before.
-        """
-        count = len(seqs)
-        if not count:
-            return
-        overhead = len(timeline_id) + 12
-        # ends[i] is the pending size of entries 0..i-1, as add() counts it.
-        ends = [0]
-        ends.extend(itertools.accumulate(len(value) + overhead for value in values))
-        span = self._summary.get(timeline_id)
-        if span is None:
-            self._summary[timeline_id] = [seqs[0], seqs[-1], count]
-        else:
-            span[1] = seqs[-1]
-            span[2] += count
-        self.entry_count += count
-        if 0 in expires:
-            self.max_expires_at = NEVER_EXPIRES
-        else:
-            self.max_expires_at = max(self.max_expires_at, max(expires))
-        position = 0
-        while position < count:
-            # The first entry that brings the pending block to block_bytes
-            # ends it, as in add().
-            target = ends[position] + self._block_bytes - self._pending_bytes
-            stop = min(bisect.bisect_left(ends, target, position + 1), count)
-            self._pending.extend(
-                zip(
-                    itertools.repeat(timeline_id, stop - position),
-                    seqs[position:stop],
-                    kinds[position:stop],
-                    expires[position:stop],
-                    values[position:stop],
-                )
-            )
-            self._pending_bytes += ends[stop] - ends[position]
-            if self._pending_bytes >= self._block_bytes:
-                self._finish_block()
-            position = stop
-
-    def add_summary(self, timeline_id, max_seq):
-        """Record that timeline_id reached max_seq even if no entry of it is kept."""
-        span = self._summary.get(timeline_id)
-        if span is None:
-            self._summary[timeline_id] = [max_seq, max_seq, 0]
-        elif max_seq > span[1]:
-            span[1] = max_seq
-
-    def add_tombstone(self, timeline_id, start, end):
-        """Record the deleted range [start, end) of timeline_id in this file."""
-        self._tombstones.append((timeline_id, start, end))
-
-    def _finish_block(self):
-        entries = self._pending
-        if self.smallest is None:
-            self.smallest = entries[0][:2]
-        self.largest = entries[-1][:2]
-        body = block_codec.encode_block(entries)
-        compression = COMPRESSION_NONE
-        if self._compression:
-            packed = lz4.block.compress(body)
-            if len(packed) < len(body) - (len(body) >> 3):
-                body, compression = packed, COMPRESSION_LZ4
-        framed = _frame(body, compression)
-        self._index.append((entries[-1][0], entries[-1][1], self._offset, len(framed)))
-        self._append(framed)
-        self._pending = []
-        self._pending_bytes = 0
-
-    def _append(self, data):
-        self._buffer += data
-        self._offset += len(data)
-        if len(self._buffer) >= _WRITE_CHUNK:
-            self._file.write(self._buffer)
-            self._buffer = bytearray()
-
-    def finish(self, sync=True):
-        """Write index, summary and footer; sync and close. Returns the file size."""
-        if self._pending:
-            self._finish_block()
-        index_parts = []
-        for timeline_id, last_seq, offset, size in self._index:
-            index_parts.append(
-                _INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size)
-            )
-            index_parts.append(timeline_id)
-        index_offset = self._offset
-        index_block = _frame(b"".join(index_parts), COMPRESSION_NONE)
-        self._append(index_block)
-        summary_parts = []
-        for timeline_id in sorted(self._summary):
-            min_seq, max_seq, count = self._summary[timeline_id]
-            summary_parts.append(
-                _SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count)
-            )
-            summary_parts.append(timeline_id)
-        summary_offset = self._offset
-        summary_block = _frame(b"".join(summary_parts), COMPRESSION_NONE)
-        self._append(summary_block)
-        tombstone_parts = []
-        for timeline_id, start, end in sorted(self._tombstones):
-            tombstone_parts.append(_TOMBSTONE.pack(len(timeline_id), start, end))
-            tombstone_parts.append(timeline_id)
-        tombstone_offset = self._offset
-        tombstone_block = _frame(b"".join(tombstone_parts), COMPRESSION_NONE)
-        self._append(tombstone_block)
-        bloom_offset = self._offset
-        bloom_block = _frame(bloom.build(self._summary), COMPRESSION_NONE)
-        self._append(bloom_block)
-        head = _FOOTER_HEAD.pack(
-            index_offset,
-            len(index_block),
-            summary_offset,
-            len(summary_block),
-            tombstone_offset,
-            len(tombstone_block),
-            bloom_offset,
-            len(bloom_block),
-            self.entry_count,
-            self.max_expires_at,
-            FORMAT_VERSION,
-        )
-        footer = head + struct.pack("<IQ", zlib.crc32(head), MAGIC)
-        self._append(footer)
-        self._file.write(self._buffer)
-        self._buffer = bytearray()
-        if sync:
-            self._file.sync()
-        self._file.close()
-        return self._offset
-
-    def abandon(self):
-        self._file.close()
 
 
 def _release_file(open_files, file_number, retired_pin):

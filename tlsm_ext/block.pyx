@@ -9,12 +9,18 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport (
     PyBytes_AS_STRING,
     PyBytes_Check,
+    PyBytes_CheckExact,
     PyBytes_FromStringAndSize,
     PyBytes_GET_SIZE,
 )
-from cpython.list cimport PyList_Check
+from cpython.list cimport (
+    PyList_Check,
+    PyList_CheckExact,
+    PyList_GET_ITEM,
+    PyList_GET_SIZE,
+)
 from cpython.long cimport PyLong_CheckExact
-from cpython.tuple cimport PyTuple_Check
+from cpython.tuple cimport PyTuple_Check, PyTuple_CheckExact, PyTuple_GET_SIZE
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
@@ -285,6 +291,199 @@ cpdef bytes encode_block(object entries):
         return PyBytes_FromStringAndSize(<char*>writer.data, writer.size)
     finally:
         free(writer.data)
+
+
+cdef bint _as_uint(object value, uint64_t maximum, uint64_t* out):
+    """Store value in out and return True when it is an exact int in 0..maximum."""
+    cdef uint64_t result
+    if not PyLong_CheckExact(value):
+        return False
+    try:
+        result = value
+    except OverflowError:
+        return False
+    if result > maximum:
+        return False
+    out[0] = result
+    return True
+
+
+cdef bint _as_index(object value, Py_ssize_t* out):
+    """Store value in out and return True when it is an exact int that fits."""
+    if not PyLong_CheckExact(value):
+        return False
+    try:
+        out[0] = value
+    except OverflowError:
+        return False
+    return True
+
+
+cdef int _encode_slice(_Writer* writer, bytes timeline, list seqs, list kinds,
+                       list expires, list values, Py_ssize_t start,
+                       Py_ssize_t stop, bint new_timeline,
+                       uint64_t* previous_seq) except -1:
+    """Encode entries start..stop-1 of one run slice; return 1 if one is invalid.
+
+    Invalid covers anything encode_block would reject, and anything it would
+    accept only through a slower check (an int subclass, for one), so the
+    caller then takes the checked path.
+    """
+    cdef Py_ssize_t i, value_length
+    cdef Py_ssize_t timeline_length = PyBytes_GET_SIZE(timeline)
+    cdef uint64_t seq, kind, expires_at, tag
+    cdef object value
+    cdef uint8_t* out
+    for i in range(start, stop):
+        if not (_as_uint(<object>PyList_GET_ITEM(seqs, i), MAX_SEQ, &seq)
+                and _as_uint(<object>PyList_GET_ITEM(kinds, i), MAX_KIND, &kind)
+                and _as_uint(<object>PyList_GET_ITEM(expires, i), MAX_SEQ,
+                             &expires_at)):
+            return 1
+        value = <object>PyList_GET_ITEM(values, i)
+        if not PyBytes_Check(value):
+            return 1
+        value_length = PyBytes_GET_SIZE(value)
+        if value_length > MAX_PAYLOAD_BYTES_LIMIT:
+            return 1
+        if not new_timeline and seq <= previous_seq[0]:
+            return 1
+        # Five varints plus the timeline id and the value.
+        _reserve(writer, 5 * MAX_VARINT_BYTES + timeline_length + value_length)
+        out = writer.data + writer.size
+        tag = kind << TAG_KIND_SHIFT
+        if expires_at != 0:
+            tag |= TAG_HAS_EXPIRY
+        if new_timeline:
+            out += _put_varint(out, tag | TAG_NEW_TIMELINE)
+            out += _put_varint(out, <uint64_t>timeline_length)
+            memcpy(out, PyBytes_AS_STRING(timeline), timeline_length)
+            out += timeline_length
+            out += _put_varint(out, seq)
+            new_timeline = False
+        else:
+            out += _put_varint(out, tag)
+            out += _put_varint(out, seq - previous_seq[0])
+        if expires_at != 0:
+            out += _put_varint(out, expires_at)
+        out += _put_varint(out, <uint64_t>value_length)
+        memcpy(out, PyBytes_AS_STRING(value), value_length)
+        out += value_length
+        writer.size = out - writer.data
+        previous_seq[0] = seq
+    return 0
+
+
+cdef int _encode_slices(_Writer* writer, list slices) except -1:
+    """Encode run slices as _encode_entries encodes their entries.
+
+    Returns 0 on success and 1, leaving writer partly filled, when some input
+    needs the checked path of encode_block.
+    """
+    cdef Py_ssize_t count = 0, start, stop
+    cdef bytes timeline
+    cdef bytes previous_timeline = None
+    cdef uint64_t previous_seq = 0
+    cdef Py_ssize_t timeline_length
+    cdef bint new_timeline
+    cdef int order
+    cdef uint8_t* out
+    for run_slice in slices:
+        if not PyTuple_CheckExact(run_slice) or PyTuple_GET_SIZE(run_slice) != 7:
+            return 1
+        (timeline_object, seqs, kinds, expires, values,
+         start_object, stop_object) = run_slice
+        if not (PyBytes_Check(timeline_object) and PyList_CheckExact(seqs)
+                and PyList_CheckExact(kinds) and PyList_CheckExact(expires)
+                and PyList_CheckExact(values)
+                and _as_index(start_object, &start)
+                and _as_index(stop_object, &stop)):
+            return 1
+        if (start < 0 or start > stop or stop > PyList_GET_SIZE(seqs)
+                or stop > PyList_GET_SIZE(kinds) or stop > PyList_GET_SIZE(expires)
+                or stop > PyList_GET_SIZE(values)):
+            return 1
+        if start == stop:
+            continue
+        timeline = <bytes>timeline_object
+        timeline_length = PyBytes_GET_SIZE(timeline)
+        if timeline_length < 1 or timeline_length > MAX_KEY_BYTES:
+            return 1
+        new_timeline = True
+        if previous_timeline is not None:
+            # A slice may continue the previous slice's timeline, in which
+            # case its first seq must still rise.
+            order = _compare_keys(timeline, 0, previous_timeline, 0)
+            if order < 0:
+                return 1
+            new_timeline = order > 0
+        if _encode_slice(writer, timeline, seqs, kinds, expires, values, start,
+                         stop, new_timeline, &previous_seq):
+            return 1
+        previous_timeline = timeline
+        count += stop - start
+    if <uint64_t>count > MAX_COUNT:
+        return 1
+    _reserve(writer, COUNT_BYTES)
+    out = writer.data + writer.size
+    out[0] = <uint8_t>(count & 0xFF)
+    out[1] = <uint8_t>((count >> 8) & 0xFF)
+    out[2] = <uint8_t>((count >> 16) & 0xFF)
+    out[3] = <uint8_t>((count >> 24) & 0xFF)
+    writer.size += COUNT_BYTES
+    return 0
+
+
+def encode_block_runs(object slices):
+    """Encode the entries of run slices; see tlsm.block.encode_block_runs.
+
+    Any input the direct path does not take (an error, or a type it does not
+    handle) goes through encode_block over entry tuples, which returns the
+    same bytes or raises the same InvalidArgumentError as the pure twin.
+    """
+    cdef _Writer writer
+    writer.data = NULL
+    writer.size = 0
+    writer.capacity = 0
+    if PyList_CheckExact(slices):
+        try:
+            if _encode_slices(&writer, slices) == 0:
+                return PyBytes_FromStringAndSize(<char*>writer.data, writer.size)
+        finally:
+            free(writer.data)
+    # Imported here because tlsm.block imports this module while it loads.
+    from tlsm.block import slice_entries
+    return encode_block(slice_entries(slices))
+
+
+def run_block_end(object values, Py_ssize_t start, Py_ssize_t overhead,
+                  Py_ssize_t room):
+    """Find where a block must end within a run; see tlsm.block.run_block_end."""
+    cdef Py_ssize_t end = len(values)
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t stop = start
+    cdef object value
+    if start < 0 or start > end:
+        raise InvalidArgumentError(f"run start {start} is outside 0..{end}")
+    if not PyList_CheckExact(values):
+        while stop < end:
+            size += len(values[stop]) + overhead
+            stop += 1
+            if size >= room:
+                break
+        return stop, size
+    # The size is checked on every step because len() of a value that is
+    # not bytes runs Python code, which could shrink the list.
+    while stop < PyList_GET_SIZE(values):
+        value = <object>PyList_GET_ITEM(values, stop)
+        if PyBytes_CheckExact(value):
+            size += PyBytes_GET_SIZE(value) + overhead
+        else:
+            size += len(value) + overhead
+        stop += 1
+        if size >= room:
+            break
+    return stop, size
 
 
 # Decoding

@@ -31,7 +31,8 @@ import sys
 from tlsm.errors import CorruptionError, StorageIOError
 from tlsm.fs import OsFileSystem
 from tlsm.manifest import FILENAME, Manifest, TableInfo
-from tlsm.sstable import BlockCache, SSTable, TableWriter
+from tlsm.sstable import BlockCache, SSTable
+from tlsm.table_writer import TableWriter
 
 _TABLE_FILE = re.compile(r"^(\d{6,})\.sst$")
 

@@ -27,7 +27,8 @@ from tlsm import block, scan
 from tlsm.fs import OsFileSystem
 from tlsm.keys import KIND_PUT, MAX_SEQ
 from tlsm.memtable import Memtable
-from tlsm.sstable import SSTable, TableWriter
+from tlsm.sstable import SSTable
+from tlsm.table_writer import TableWriter
 
 END = MAX_SEQ + 1
 VALUE_BYTES = 128

@@ -1,0 +1,255 @@
+"""Writing immutable sorted table files (``NNNNNN.sst``).
+
+A table is written front to back in one pass:
+
+    file := data_block* | index_block | summary_block | tombstone_block
+            | bloom_block | footer (80 bytes)
+
+Each block is framed as body | compression: u8 | crc: u32. tlsm.sstable,
+which reads these files, documents every block body and the footer, and
+docs/format.md is the full on-disk contract.
+
+Data blocks are encoded straight from the parallel lists of timeline runs
+(tlsm.block.encode_block_runs), so a flush or a merge builds no tuple per
+entry. A block ends at the first entry that brings its ids and values, plus
+12 bytes per entry, to block_bytes. Because that rule fixes where blocks
+split, the same entries always give the same file.
+"""
+
+import struct
+import zlib
+
+import lz4.block
+
+from . import bloom
+from .block import encode_block_runs, run_block_end
+from .errors import InvalidArgumentError
+from .sstable import (
+    _FOOTER_HEAD,
+    _TOMBSTONE,
+    _TRAILER,
+    COMPRESSION_LZ4,
+    COMPRESSION_NONE,
+    FORMAT_VERSION,
+    MAGIC,
+    NEVER_EXPIRES,
+)
+
+_INDEX_ENTRY = struct.Struct("<HQQI")
+_SUMMARY_ENTRY = struct.Struct("<HQQQ")
+_FOOTER_TAIL = struct.Struct("<IQ")
+# Bytes counted per entry on top of its timeline id and value when sizing a
+# block. It only decides where blocks split, but changing it changes files.
+ENTRY_OVERHEAD = 12
+_WRITE_CHUNK = 1 << 20
+# The compression byte as it follows a body into the block crc.
+_COMPRESSION_BYTES = {
+    COMPRESSION_NONE: bytes([COMPRESSION_NONE]),
+    COMPRESSION_LZ4: bytes([COMPRESSION_LZ4]),
+}
+
+
+def _trailer(body, compression):
+    crc = zlib.crc32(_COMPRESSION_BYTES[compression], zlib.crc32(body))
+    return _TRAILER.pack(compression, crc)
+
+
+def _frame(body, compression):
+    return body + _trailer(body, compression)
+
+
+class TableWriter:
+    """Writes entries, given in strictly increasing key order, to a new table file.
+
+    Entries arrive one at a time through add() or as a timeline's run of
+    parallel lists through add_run(); both give the same file. The writer
+    keeps references to the lists passed to add_run() until the block that
+    holds their last entry is written, so callers must not change them
+    before finish().
+    """
+
+    def __init__(self, fs, path, block_bytes=4096, compression=True):
+        self.path = path
+        self._file = fs.create(path)
+        self._block_bytes = block_bytes
+        self._compression = compression
+        # Run slices of the block being filled:
+        # (timeline_id, seqs, kinds, expires, values, start, stop).
+        self._pending = []
+        self._pending_bytes = 0
+        self._buffer = bytearray()
+        self._offset = 0
+        self._index = []
+        self._summary = {}
+        self._tombstones = []
+        self.max_expires_at = 0
+        self.entry_count = 0
+        self.smallest = None
+        self.largest = None
+
+    def add(self, entry):
+        """Add one entry (timeline_id, seq, kind, expires_at, value).
+
+        Raises InvalidArgumentError when entry does not have five fields.
+        Invalid field values raise it later, when their block is written.
+        """
+        if len(entry) != 5:
+            raise InvalidArgumentError(
+                f"entry has {len(entry)} fields, expected 5 (timeline_id, seq, "
+                "kind, expires_at, value)"
+            )
+        timeline_id, seq, kind, expires_at, value = entry
+        span = self._summary.get(timeline_id)
+        if span is None:
+            self._summary[timeline_id] = [seq, seq, 1]
+        else:
+            span[1] = seq
+            span[2] += 1
+        self.entry_count += 1
+        if not expires_at:
+            self.max_expires_at = NEVER_EXPIRES
+        elif expires_at > self.max_expires_at:
+            self.max_expires_at = expires_at
+        self._pending.append((timeline_id, [seq], [kind], [expires_at], [value], 0, 1))
+        self._pending_bytes += len(value) + len(timeline_id) + ENTRY_OVERHEAD
+        if self._pending_bytes >= self._block_bytes:
+            self._finish_block()
+
+    def add_run(self, timeline_id, seqs, kinds, expires, values):
+        """Add one timeline's entries, given as parallel lists with seqs ascending.
+
+        Writes the same file as add() called per entry. timeline_id must
+        sort after every key added before, or continue the last timeline
+        with higher seqs. Costs O(len(seqs)) in C loops plus a few Python
+        steps per run and per block.
+        """
+        count = len(seqs)
+        if not count:
+            return
+        span = self._summary.get(timeline_id)
+        if span is None:
+            self._summary[timeline_id] = [seqs[0], seqs[-1], count]
+        else:
+            span[1] = seqs[-1]
+            span[2] += count
+        self.entry_count += count
+        if 0 in expires:
+            self.max_expires_at = NEVER_EXPIRES
+        elif self.max_expires_at != NEVER_EXPIRES:
+            self.max_expires_at = max(self.max_expires_at, max(expires))
+        overhead = len(timeline_id) + ENTRY_OVERHEAD
+        position = 0
+        while position < count:
+            # The first entry that brings the pending block to block_bytes
+            # ends it.
+            stop, size = run_block_end(
+                values, position, overhead, self._block_bytes - self._pending_bytes
+            )
+            self._pending.append(
+                (timeline_id, seqs, kinds, expires, values, position, stop)
+            )
+            self._pending_bytes += size
+            if self._pending_bytes >= self._block_bytes:
+                self._finish_block()
+            position = stop
+
+    def add_summary(self, timeline_id, max_seq):
+        """Record that timeline_id reached max_seq even if no entry of it is kept."""
+        span = self._summary.get(timeline_id)
+        if span is None:
+            self._summary[timeline_id] = [max_seq, max_seq, 0]
+        elif max_seq > span[1]:
+            span[1] = max_seq
+
+    def add_tombstone(self, timeline_id, start, end):
+        """Record the deleted range [start, end) of timeline_id in this file."""
+        self._tombstones.append((timeline_id, start, end))
+
+    def _finish_block(self):
+        slices = self._pending
+        first, last = slices[0], slices[-1]
+        if self.smallest is None:
+            self.smallest = (first[0], first[1][first[5]])
+        last_key = (last[0], last[1][last[6] - 1])
+        self.largest = last_key
+        body = encode_block_runs(slices)
+        compression = COMPRESSION_NONE
+        if self._compression:
+            packed = lz4.block.compress(body)
+            if len(packed) < len(body) - (len(body) >> 3):
+                body, compression = packed, COMPRESSION_LZ4
+        block_offset = self._offset
+        # Body and trailer go to the buffer separately, saving a copy.
+        self._append(body)
+        self._append(_trailer(body, compression))
+        self._index.append(
+            (last_key[0], last_key[1], block_offset, self._offset - block_offset)
+        )
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _append(self, data):
+        self._buffer += data
+        self._offset += len(data)
+        if len(self._buffer) >= _WRITE_CHUNK:
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def finish(self, sync=True):
+        """Write index, summary and footer; sync and close. Returns the file size."""
+        if self._pending:
+            self._finish_block()
+        index_parts = []
+        for timeline_id, last_seq, offset, size in self._index:
+            index_parts.append(
+                _INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size)
+            )
+            index_parts.append(timeline_id)
+        index_offset = self._offset
+        index_block = _frame(b"".join(index_parts), COMPRESSION_NONE)
+        self._append(index_block)
+        summary_parts = []
+        for timeline_id in sorted(self._summary):
+            min_seq, max_seq, count = self._summary[timeline_id]
+            summary_parts.append(
+                _SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count)
+            )
+            summary_parts.append(timeline_id)
+        summary_offset = self._offset
+        summary_block = _frame(b"".join(summary_parts), COMPRESSION_NONE)
+        self._append(summary_block)
+        tombstone_parts = []
+        for timeline_id, start, end in sorted(self._tombstones):
+            tombstone_parts.append(_TOMBSTONE.pack(len(timeline_id), start, end))
+            tombstone_parts.append(timeline_id)
+        tombstone_offset = self._offset
+        tombstone_block = _frame(b"".join(tombstone_parts), COMPRESSION_NONE)
+        self._append(tombstone_block)
+        bloom_offset = self._offset
+        bloom_block = _frame(bloom.build(self._summary), COMPRESSION_NONE)
+        self._append(bloom_block)
+        head = _FOOTER_HEAD.pack(
+            index_offset,
+            len(index_block),
+            summary_offset,
+            len(summary_block),
+            tombstone_offset,
+            len(tombstone_block),
+            bloom_offset,
+            len(bloom_block),
+            self.entry_count,
+            self.max_expires_at,
+            FORMAT_VERSION,
+        )
+        footer = head + _FOOTER_TAIL.pack(zlib.crc32(head), MAGIC)
+        self._append(footer)
+        self._file.write(self._buffer)
+        self._buffer = bytearray()
+        if sync:
+            self._file.sync()
+        self._file.close()
+        return self._offset
+
+    def abandon(self):
+        """Close the file without finishing it; the caller removes it."""
+        self._file.close()
