@@ -24,7 +24,7 @@ from tlsm.open_files import OpenFileCache
 
 from conftest import server_env
 
-NO_COMPACTION = {"level_fanout": 1_000_000, "l0_stop_files": 1_000_000}
+NO_COMPACTION = {"level_fanout": 100_000, "l0_stop_files": 100_000}
 TIMELINES = ["room:%d" % i for i in range(16)]
 
 

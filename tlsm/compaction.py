@@ -194,16 +194,19 @@ class MaintenanceMixin:
         target_file_bytes.
         """
         target_bytes = self._options["target_file_bytes"] if split else None
-        outputs = [self._new_output()]
+        output = self._new_output()
+        # Finished files are closed at once, so a merge with many outputs
+        # holds one descriptor; they are removed again if the merge fails.
+        infos = []
         current_key = None
-        output = outputs[0]
         try:
             for count, (key, seqs, kinds, expires, values, size) in enumerate(runs):
                 if key != current_key:
                     side.write_before(output, key)
                     if target_bytes is not None and output.bytes >= target_bytes:
+                        infos.append(self._finish_output(output))
+                        output = None
                         output = self._new_output()
-                        outputs.append(output)
                     current_key = key
                     output.note_key(key)
                 output.writer.add_run(key, seqs, kinds, expires, values)
@@ -211,9 +214,16 @@ class MaintenanceMixin:
                 if cancellable and not count & 63 and self._closing:
                     raise Cancelled()
             side.write_before(output, None)
-            infos = [self._finish_output(o) for o in outputs]
+            infos.append(self._finish_output(output))
+            output = None
         except BaseException:
-            self._abandon_outputs(outputs)
+            if output is not None:
+                self._abandon_outputs([output])
+            for info in infos:
+                if info is not None:
+                    self._fs.remove(
+                        os.path.join(self.path, table_file_name(info.number))
+                    )
             raise
         return [info for info in infos if info is not None]
 

@@ -47,7 +47,7 @@ _INT_OPTIONS = (
     ("memtable_bytes", 4096, 1 << 32),
     ("block_bytes", 256, 16 << 20),
     ("block_cache_bytes", 0, 1 << 40),
-    ("level_fanout", 2, 1000),
+    ("level_fanout", 2, 100_000),
     ("level_size_ratio", 2, 1000),
     ("level1_bytes", 1024, 1 << 50),
     ("target_file_bytes", 1024, 1 << 36),
