@@ -254,15 +254,17 @@ def test_scan_survives_compaction_deleting_its_tables(tmp_path):
         scan = db.scan(TIMELINES[0])
         first = [next(scan) for _ in range(3)]
         db.compact()
-        assert not old_files & set(table_files(tmp_path))
-        # Other reads turn over the one-file cache. The scan still references
-        # the deleted tables and reads on through their open descriptors.
+        # The scan still holds the replaced tables, so their files stay
+        # until it ends. Other reads turn over the one-file cache, and the
+        # scan reopens those files as it goes.
+        assert old_files <= set(table_files(tmp_path))
         assert db.get(TIMELINES[1], 1) == payload(TIMELINES[1], 1)
         rest = list(scan)
         seqs = [seq for seq, _ in first + rest]
         assert seqs == list(range(1, per_timeline + 1))
         del scan, first, rest
         gc.collect()
+        assert not old_files & set(table_files(tmp_path))
         assert db.stats()["open_files"] <= 1
 
 
@@ -349,3 +351,39 @@ def test_cache_open_error_pins_nothing(tmp_path):
         cache.acquire(0, lambda: fs.open_read(str(tmp_path / "missing.sst")))
     assert cache.open_files == 0
     assert cache.misses == 1
+
+
+COMPACT_CHILD = """
+import json, logging, resource, sys
+import tlsm
+path, fd_limit = sys.argv[1], int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+with tlsm.open(path, memtable_bytes=4096, max_open_files=8) as db:
+    for number in range(20_000):
+        db.append("tl%05d" % (number % 2000), b"y" * 48)
+    db.wait_for_compaction()
+    before = sum(level["files"] for level in db.stats()["levels"])
+    db.compact()
+    after = [level["files"] for level in db.stats()["levels"]]
+    rows = sum(1 for i in range(2000) for _ in db.scan("tl%05d" % i))
+print(json.dumps({"before": before, "after": after, "rows": rows}))
+"""
+
+
+def test_compaction_with_hundreds_of_files_under_low_fd_limit(tmp_path):
+    # Hundreds of inputs and outputs in one merge must not need a
+    # descriptor each: outputs close when full, and replaced inputs are
+    # deleted, not held open.
+    result = subprocess.run(
+        [sys.executable, "-c", COMPACT_CHILD, str(tmp_path / "db"), "64"],
+        capture_output=True,
+        env=server_env(),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    report = json.loads(result.stdout)
+    assert report["before"] > 100
+    assert sum(report["after"]) > 64
+    assert report["rows"] == 20_000
+    assert b"WARNING" not in result.stderr, result.stderr.decode()[-2000:]

@@ -458,8 +458,9 @@ class MaintenanceMixin:
                 self._install_version()
             self._work.notify_all()
         if not moved:
+            # The files go when the last read holding them ends
+            # (SSTable.delete_when_unused); their cached blocks go now.
             for number in done:
-                self._fs.remove(os.path.join(self.path, table_file_name(number)))
                 self._cache.evict_file(number)
 
 

@@ -9,9 +9,9 @@ file is only reopened to read a data block that the block cache misses.
 A reader pins the file while it reads (acquire, then release), and only
 unpinned files are closed, so no thread ever reads from a closed descriptor.
 When every cached file is pinned, the cache holds more than its capacity
-until the pins are released. A table that compaction deleted keeps one pin
-for as long as the table object lives (see SSTable.retire), because its
-file can no longer be reopened once it is unlinked.
+until the pins are released. A table that compaction replaced keeps its
+file on disk for as long as the table object lives (see
+SSTable.delete_when_unused), so its file can always be reopened.
 """
 
 import threading
@@ -69,8 +69,7 @@ class OpenFileCache:
         try:
             file = opener()
         except BaseException:
-            # A table's file is pinned before it is deleted (SSTable.retire),
-            # so an open that lost the race with a deletion finds it here.
+            # Another thread may have opened the file meanwhile.
             with self._lock:
                 entry = self._items.get(file_number)
                 if entry is None:

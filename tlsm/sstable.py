@@ -66,11 +66,18 @@ FOOTER_SIZE = _FOOTER.size
 _NO_LIMIT = 1 << 62
 
 
-def _release_file(open_files, file_number, retired_pin):
-    """Drop the file of a dead SSTable (its finalizer, so it takes no table)."""
+def _release_file(open_files, file_number, obsolete):
+    """Drop the file of a dead SSTable, and delete it once compaction replaced it.
+
+    The finalizer of an SSTable, so it takes no table.
+    """
     open_files.drop(file_number)
-    if retired_pin:
-        open_files.release(retired_pin[0])
+    for fs, path in obsolete:
+        try:
+            fs.remove(path)
+        except (OSError, TlsmError) as exc:
+            # The next open deletes table files the manifest does not list.
+            log.warning("cannot delete replaced table %s: %s", path, exc)
 
 
 class SSTable:
@@ -98,15 +105,12 @@ class SSTable:
         # True once the whole summary is parsed into _summary.
         self._loaded = False
         self._opened = False
-        # The pin retire() holds, released when the table dies. A table
-        # dropped by compaction keeps its file open until the last reader
-        # lets go of it (its file is already unlinked by then). The
-        # finalizer must not reference the table itself, or the table never
-        # dies.
-        self._retired_pin = []
-        weakref.finalize(
-            self, _release_file, open_files, file_number, self._retired_pin
-        )
+        # Set by delete_when_unused(): the file is deleted when the table
+        # dies, so reads, snapshots and scans that still hold a table that
+        # compaction replaced read on from its file. The finalizer must not
+        # reference the table itself, or the table never dies.
+        self._obsolete = []
+        weakref.finalize(self, _release_file, open_files, file_number, self._obsolete)
         self.entry_count = 0
         self.max_expires_at = NEVER_EXPIRES
         self.tombstones = []
@@ -170,27 +174,16 @@ class SSTable:
         self._load_index()
         self._load_summary()
 
-    def retire(self):
-        """Keep the file open for as long as this table object lives.
+    def delete_when_unused(self):
+        """Delete the file once no read, snapshot or scan holds this table.
 
-        Call it before the file is deleted, so that reads still holding the
-        table read on through the open descriptor: the open-file cache
-        could otherwise close it, and an unlinked file cannot be reopened.
-        Logs a warning when the file cannot be opened.
+        Compaction calls it (through LiveTables) for each table it
+        replaced. Until the table object dies the file stays on disk, so
+        it can be reopened through the open-file cache like any other; a
+        crash before that leaves a file the next open deletes, because the
+        manifest no longer lists it.
         """
-        with self._lock:
-            if self._retired_pin:
-                return
-            try:
-                pinned = self._open_files.acquire(self.file_number, self._open_file)
-            except (OSError, TlsmError) as exc:
-                log.warning(
-                    "cannot keep deleted table %s open for running reads: %s",
-                    self.path,
-                    exc,
-                )
-                return
-            self._retired_pin.append(pinned)
+        self._obsolete.append((self.fs, self.path))
 
     def _load_index(self):
         if self._index is not None:
@@ -492,19 +485,19 @@ class SSTable:
 
 
 class LiveTables(dict):
-    """The SSTables of a DB by file number; deleting one retires it.
+    """The SSTables of a DB by file number; deleting one deletes its file later.
 
-    Compaction deletes a table from this dict before it deletes the file,
-    so retiring the table here keeps its file readable for the reads that
-    still hold it (see SSTable.retire).
+    A table deleted from this dict has been replaced by compaction. Its
+    file goes when the last read holding the table lets go of it (see
+    SSTable.delete_when_unused).
     """
 
     def __delitem__(self, file_number):
-        self[file_number].retire()
+        self[file_number].delete_when_unused()
         super().__delitem__(file_number)
 
     def pop(self, file_number, *default):
         table = self.get(file_number)
         if table is not None:
-            table.retire()
+            table.delete_when_unused()
         return super().pop(file_number, *default)
