@@ -102,8 +102,8 @@ def check_options(options):
             raise InvalidArgumentError(
                 f"option {name}={value} is above the limit of {high}"
             )
-    # Sizes left at None follow memtable_bytes: level 1 holds about what
-    # level 0 holds when it triggers a merge, and a file about one memtable.
+    # Sizes left at None follow memtable_bytes: level 1 is about the size of
+    # level 0 when it triggers a merge, and a file about one memtable.
     if merged["level1_bytes"] is None:
         merged["level1_bytes"] = merged["level_fanout"] * merged["memtable_bytes"]
     if merged["target_file_bytes"] is None:

@@ -22,7 +22,7 @@ def surviving_runs(entries, tombstones, now_ms, counts, max_run=4096):
     """Yield (timeline_id, seqs, kinds, expires, values, size) per run of survivors.
 
     tombstones maps a timeline id to its sorted deleted intervals; counts
-    gets "dropped_expired" and "dropped_deleted" added. A run holds at most
+    gets "dropped_expired" and "dropped_deleted" added. A run has at most
     max_run entries, so a long timeline comes as several runs in seq order.
     size sums len(timeline_id) + len(value) + ENTRY_OVERHEAD over the run.
     """
