@@ -191,6 +191,15 @@ def test_unknown_command_names_it(client):
     assert client.ping()
 
 
+def test_unknown_command_escapes_control_bytes(client):
+    with pytest.raises(redis.ResponseError) as info:
+        client.execute_command(b"F\x00O", b"\r\nb\xff")
+    assert str(info.value) == (
+        "unknown command 'F\\x00O', with args beginning with: '\\x0d\\x0ab\\xff'"
+    )
+    assert client.ping()
+
+
 def test_unknown_option_rejected(client):
     with pytest.raises(redis.ResponseError, match="unexpected argument 'LIMIT'"):
         client.execute_command("TL.RANGE", "t", "-", "+", "LIMIT", 1)

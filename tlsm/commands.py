@@ -94,6 +94,11 @@ class CommandSpec:
 def show_arg(arg, limit=64):
     """Return arg as printable text for an error message, cut to limit characters."""
     text = arg.decode("utf-8", "backslashreplace")
+    # Control characters (a NUL, CR or LF) are shown escaped like bytes that
+    # are not UTF-8, so an error line never carries them raw.
+    text = "".join(
+        f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text
+    )
     if len(text) > limit:
         text = text[:limit] + "..."
     return text

@@ -111,13 +111,19 @@ class RecoveryMixin:
         live = manifest.live_numbers()
         for number in numbers["log"]:
             fs.remove(os.path.join(self.path, log_file_name(number)))
-        for number in numbers["sst"]:
-            if number not in live:
-                log.warning(
-                    "removing table %s that the manifest does not list",
-                    table_file_name(number),
-                )
-                fs.remove(os.path.join(self.path, table_file_name(number)))
+        unlisted = [n for n in numbers["sst"] if n not in live]
+        if unlisted:
+            # Outputs of a merge or flush cut short by a crash, or inputs
+            # that a merge replaced while a read still held them.
+            names = [table_file_name(n) for n in unlisted]
+            log.warning(
+                "%s: removing %d table files that the manifest does not list: %s",
+                self.path,
+                len(names),
+                ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""),
+            )
+            for name in names:
+                fs.remove(os.path.join(self.path, name))
 
         self._active = Memtable(log_number)
         self._immutable = None
