@@ -31,6 +31,7 @@ from tlsm_ext.block_lookup cimport (
     collect_from_run,
     prefix_of_bytes,
 )
+from tlsm_ext.little_endian cimport read_u32, read_u64
 
 from tlsm import keys
 from tlsm.errors import CorruptionError
@@ -91,19 +92,6 @@ cpdef Py_ssize_t collect_run(tuple run, Py_ssize_t low, Py_ssize_t high,
     return visited
 
 
-cdef inline uint64_t _u64(const unsigned char* data) noexcept:
-    cdef uint64_t value = 0
-    cdef int i
-    for i in range(7, -1, -1):
-        value = (value << 8) | data[i]
-    return value
-
-
-cdef inline uint64_t _u32(const unsigned char* data) noexcept:
-    return (<uint64_t>data[0] | (<uint64_t>data[1] << 8)
-            | (<uint64_t>data[2] << 16) | (<uint64_t>data[3] << 24))
-
-
 # Index entry: timeline_len u16 | last_seq u64 | offset u64 | size u32.
 cdef Py_ssize_t INDEX_ENTRY_BYTES = 22
 # Summary entry: timeline_len u16 | min_seq u64 | max_seq u64 | count u64.
@@ -144,9 +132,9 @@ def parse_index(body):
                 <const char*>buf + pos + INDEX_ENTRY_BYTES, length)
             previous = buf + pos + INDEX_ENTRY_BYTES
             previous_length = length
-        index_keys[i] = (timeline_id, _u64(buf + pos + 2))
-        offsets.data.as_ulonglongs[i] = _u64(buf + pos + 10)
-        sizes.data.as_ulonglongs[i] = _u32(buf + pos + 18)
+        index_keys[i] = (timeline_id, read_u64(buf + pos + 2))
+        offsets.data.as_ulonglongs[i] = read_u64(buf + pos + 10)
+        sizes.data.as_ulonglongs[i] = read_u32(buf + pos + 18)
         pos += INDEX_ENTRY_BYTES + length
     return index_keys, offsets, sizes
 
@@ -165,7 +153,7 @@ def parse_summary(body):
             raise ValueError("summary overruns its block", 0)
         summary[PyBytes_FromStringAndSize(
             <const char*>buf + pos + SUMMARY_ENTRY_BYTES, length)] = (
-            _u64(buf + pos + 2), _u64(buf + pos + 10), _u64(buf + pos + 18))
+            read_u64(buf + pos + 2), read_u64(buf + pos + 10), read_u64(buf + pos + 18))
         pos += SUMMARY_ENTRY_BYTES + length
     return summary
 
@@ -187,16 +175,8 @@ cdef class BlockCache:
         self._items = OrderedDict()
 
     cdef object lookup(self, object key):
-        item = self._items.get(key)
-        if item is None:
-            self.misses += 1
-            return None
-        try:
-            self._items.move_to_end(key)
-        except KeyError:
-            pass
-        self.hits += 1
-        return (<tuple>item)[0]
+        item = self.lookup_item(key)
+        return None if item is None else item[0]
 
     cdef tuple lookup_item(self, object key):
         # Like lookup, but returns the whole item: (body, charge) or, once

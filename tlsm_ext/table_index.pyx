@@ -10,21 +10,11 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint64_t
 from libc.string cimport memcmp
 
+from tlsm_ext.little_endian cimport read_u16, read_u64
+
 # Summary entry header (on disk): timeline_len u16 | min_seq u64 |
 # max_seq u64 | count u64.
 cdef Py_ssize_t SUMMARY_ENTRY_BYTES = 26
-
-
-cdef inline uint64_t _u64(const unsigned char* data) noexcept:
-    cdef uint64_t value = 0
-    cdef int i
-    for i in range(7, -1, -1):
-        value = (value << 8) | data[i]
-    return value
-
-
-cdef inline Py_ssize_t _u16(const unsigned char* data) noexcept:
-    return data[0] | (data[1] << 8)
 
 
 cdef class SummaryIndex:
@@ -48,11 +38,11 @@ cdef class SummaryIndex:
         while pos < end:
             if pos + SUMMARY_ENTRY_BYTES > end:
                 raise ValueError("truncated summary entry", pos)
-            if pos + SUMMARY_ENTRY_BYTES + _u16(buf + pos) > end:
+            if pos + SUMMARY_ENTRY_BYTES + read_u16(buf + pos) > end:
                 raise ValueError("summary overruns its block", 0)
             self._starts[count] = pos
             count += 1
-            pos += SUMMARY_ENTRY_BYTES + _u16(buf + pos)
+            pos += SUMMARY_ENTRY_BYTES + read_u16(buf + pos)
         self._count = count
 
     def __dealloc__(self):
@@ -73,7 +63,7 @@ cdef class SummaryIndex:
         while low < high:
             middle = (low + high) // 2
             start = self._starts[middle]
-            length = _u16(buf + start)
+            length = read_u16(buf + start)
             order = memcmp(buf + start + SUMMARY_ENTRY_BYTES, key,
                            min(length, key_length))
             if order == 0 and length != key_length:
@@ -83,6 +73,6 @@ cdef class SummaryIndex:
             elif order > 0:
                 high = middle
             else:
-                return (_u64(buf + start + 2), _u64(buf + start + 10),
-                        _u64(buf + start + 18))
+                return (read_u64(buf + start + 2), read_u64(buf + start + 10),
+                        read_u64(buf + start + 18))
         return None
