@@ -9,6 +9,7 @@ number of flushes, so no compaction merges them.
 
 import gc
 import json
+import logging
 import os
 import random
 import subprocess
@@ -387,3 +388,21 @@ def test_compaction_with_hundreds_of_files_under_low_fd_limit(tmp_path):
     assert sum(report["after"]) > 64
     assert report["rows"] == 20_000
     assert b"WARNING" not in result.stderr, result.stderr.decode()[-2000:]
+
+
+def test_close_deletes_tables_a_snapshot_still_holds(tmp_path, caplog):
+    write_tables(tmp_path, 2_000, **NO_COMPACTION)
+    db = tlsm.open(tmp_path, **NO_COMPACTION)
+    old_files = set(table_files(tmp_path))
+    snapshot = db.snapshot()
+    db.compact()
+    # The open snapshot keeps the replaced files until close().
+    assert old_files <= set(table_files(tmp_path))
+    db.close()
+    assert not old_files & set(table_files(tmp_path))
+    caplog.set_level(logging.WARNING)
+    with tlsm.open(tmp_path, **NO_COMPACTION) as db:
+        assert db.last_seq(TIMELINES[0]) > 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    del snapshot
+    gc.collect()

@@ -510,6 +510,7 @@ class DB(RecoveryMixin, ReadMixin, CommitMixin, MaintenanceMixin):
                 self._closed = True
             for table in self._tables.values():
                 table.close()
+            self._tables.delete_replaced()
             self._fs.unlock(self._lock_token)
             self._lock_token = None
         log.info("closed %s", self.path)

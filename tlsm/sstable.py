@@ -185,6 +185,17 @@ class SSTable:
         """
         self._obsolete.append((self.fs, self.path))
 
+    def delete_now(self):
+        """Delete the file of a table marked by delete_when_unused(), if not yet."""
+        obsolete = self._obsolete[:]
+        del self._obsolete[:]
+        self.close()
+        for fs, path in obsolete:
+            try:
+                fs.remove(path)
+            except (OSError, TlsmError) as exc:
+                log.warning("cannot delete replaced table %s: %s", path, exc)
+
     def _load_index(self):
         if self._index is not None:
             return
@@ -492,12 +503,30 @@ class LiveTables(dict):
     SSTable.delete_when_unused).
     """
 
+    def __init__(self):
+        super().__init__()
+        # Replaced tables that some read, snapshot or scan still holds.
+        self.replaced = weakref.WeakSet()
+
     def __delitem__(self, file_number):
-        self[file_number].delete_when_unused()
+        self._replace(self[file_number])
         super().__delitem__(file_number)
 
     def pop(self, file_number, *default):
         table = self.get(file_number)
         if table is not None:
-            table.delete_when_unused()
+            self._replace(table)
         return super().pop(file_number, *default)
+
+    def _replace(self, table):
+        table.delete_when_unused()
+        self.replaced.add(table)
+
+    def delete_replaced(self):
+        """Delete the files of replaced tables now; DB.close() calls it.
+
+        A snapshot or scan left open past close() can read no more, so its
+        tables' files need not wait for it.
+        """
+        for table in list(self.replaced):
+            table.delete_now()
