@@ -409,9 +409,9 @@ def run(config):
         return 1
     try:
         os.makedirs(config.data_dir, exist_ok=True)
-        # With "always", the server fsyncs in a worker thread and holds each
-        # reply until an fsync that began after its write has ended (group
-        # commit), so the engine runs in its "group" mode.
+        # With "always", the server fsyncs in a worker thread and sends each
+        # reply only after an fsync that began after its write has ended
+        # (group commit), so the engine runs in its "group" mode.
         db = tlsm.open(
             config.data_dir,
             sync="group" if config.sync == "always" else config.sync,
