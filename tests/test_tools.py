@@ -116,6 +116,28 @@ def test_repair_salvages_intact_blocks(tmp_path):
         assert db.append("t0", b"next") == 501
 
 
+def test_repair_dry_run_counts_the_same_loss(tmp_path):
+    with tlsm.open(tmp_path, compression=False, memtable_bytes=1 << 20) as db:
+        for i in range(2000):
+            db.append("t%d" % (i % 4), b"v%05d" % i + b"." * 60)
+    (table,) = [n for n in os.listdir(tmp_path) if n.endswith(".sst")]
+    data = bytearray((tmp_path / table).read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / table).write_bytes(bytes(data))
+    dry = _tool("repair_manifest.py", tmp_path, "--force", "--dry-run")
+    assert dry.returncode == 1
+    assert "would salvage" in dry.stdout
+    assert (tmp_path / table).exists()
+    real = _tool("repair_manifest.py", tmp_path, "--force")
+    assert real.returncode == 1
+    summary = [line for line in dry.stdout.splitlines() if "entries lost" in line]
+    assert summary
+    assert " 0 entries lost" not in summary[0]
+    assert summary == [
+        line for line in real.stdout.splitlines() if "entries lost" in line
+    ]
+
+
 def test_inspect_reports_damaged_manifest(tmp_path):
     _fill(tmp_path)
     (tmp_path / "MANIFEST").write_bytes(b"tlsm-manifest 1 00000000\n{}")

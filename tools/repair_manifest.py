@@ -62,14 +62,14 @@ def _check_table(fs, path, number):
 def _salvage(fs, path, number, new_path):
     """Copy the intact blocks of a damaged table into new_path.
 
-    Returns (entries kept, entries lost or None when the count is unknown,
-    timeline keys seen). Raises CorruptionError when not even the index can
-    be read.
+    With new_path None, only counts what a copy would keep. Returns
+    (entries kept, entries lost, timeline keys seen). Raises
+    CorruptionError when not even the index can be read.
     """
     table = _open_table(fs, path, number)
     try:
         table.load()
-        writer = TableWriter(fs, new_path)
+        writer = None if new_path is None else TableWriter(fs, new_path)
         kept = 0
         for index in range(len(table.index_keys)):
             try:
@@ -77,13 +77,15 @@ def _salvage(fs, path, number, new_path):
             except CorruptionError:
                 continue
             for entry in entries:
-                writer.add(entry)
+                if writer is not None:
+                    writer.add(entry)
                 kept += 1
-        for key, (_, max_seq, _) in table.summary.items():
-            writer.add_summary(key, max_seq)
-        for key, start, end in table.tombstones:
-            writer.add_tombstone(key, start, end)
-        writer.finish()
+        if writer is not None:
+            for key, (_, max_seq, _) in table.summary.items():
+                writer.add_summary(key, max_seq)
+            for key, start, end in table.tombstones:
+                writer.add_tombstone(key, start, end)
+            writer.finish()
         return kept, table.entry_count - kept, set(table.summary)
     finally:
         table.close()
@@ -149,20 +151,26 @@ def _repair(fs, args):
     to_move = []
     for number, path, error in damaged:
         print(f"damaged: {error}")
-        if args.dry_run:
-            continue
         new_path = os.path.join(args.data_dir, f"{next_number:06d}.sst")
         try:
-            kept, lost, keys = _salvage(fs, path, number, new_path)
+            kept, lost, keys = _salvage(
+                fs, path, number, None if args.dry_run else new_path
+            )
         except (CorruptionError, StorageIOError) as exc:
             print(f"  nothing salvageable: {exc}")
             to_move.append(path)
             continue
-        print(
-            f"  salvaged {kept} entries into {os.path.basename(new_path)}, lost {lost}"
-        )
         lost_entries += lost
-        good.insert(0, TableInfo(next_number, os.path.getsize(new_path), kept))
+        if args.dry_run:
+            print(f"  would salvage {kept} entries, losing {lost}")
+            size = 0
+        else:
+            print(
+                f"  salvaged {kept} entries into {os.path.basename(new_path)}, "
+                f"lost {lost}"
+            )
+            size = os.path.getsize(new_path)
+        good.insert(0, TableInfo(next_number, size, kept))
         prefixes.update(key[0] for key in keys)
         next_number += 1
         to_move.append(path)
