@@ -193,13 +193,44 @@ cdef int _compare_keys(bytes timeline_a, uint64_t seq_a,
     return 0
 
 
+cdef int _put_entry(_Writer* writer, bytes timeline, bint new_timeline,
+                    uint64_t seq, uint64_t previous_seq, uint64_t kind,
+                    uint64_t expires_at, bytes value) except -1:
+    """Append one checked entry to writer in the block layout (see tlsm/block.py)."""
+    cdef Py_ssize_t timeline_length = PyBytes_GET_SIZE(timeline)
+    cdef Py_ssize_t value_length = PyBytes_GET_SIZE(value)
+    cdef uint64_t tag = kind << TAG_KIND_SHIFT
+    cdef uint8_t* out
+    # Five varints plus the timeline id and the value.
+    _reserve(writer, 5 * MAX_VARINT_BYTES + timeline_length + value_length)
+    out = writer.data + writer.size
+    if expires_at != 0:
+        tag |= TAG_HAS_EXPIRY
+    if new_timeline:
+        out += _put_varint(out, tag | TAG_NEW_TIMELINE)
+        out += _put_varint(out, <uint64_t>timeline_length)
+        memcpy(out, PyBytes_AS_STRING(timeline), timeline_length)
+        out += timeline_length
+        out += _put_varint(out, seq)
+    else:
+        out += _put_varint(out, tag)
+        out += _put_varint(out, seq - previous_seq)
+    if expires_at != 0:
+        out += _put_varint(out, expires_at)
+    out += _put_varint(out, <uint64_t>value_length)
+    memcpy(out, PyBytes_AS_STRING(value), value_length)
+    out += value_length
+    writer.size = out - writer.data
+    return 0
+
+
 cdef int _encode_entries(_Writer* writer, object entries) except -1:
     cdef Py_ssize_t index = 0
     cdef bytes timeline
     cdef bytes value
     cdef bytes previous_timeline = None
     cdef object previous_seq_object = 0
-    cdef uint64_t seq, kind, expires_at, tag
+    cdef uint64_t seq, kind, expires_at
     cdef uint64_t previous_seq = 0
     cdef Py_ssize_t timeline_length, value_length
     cdef bint new_timeline
@@ -240,28 +271,8 @@ cdef int _encode_entries(_Writer* writer, object entries) except -1:
                                       PyBytes_AS_STRING(previous_timeline),
                                       timeline_length) != 0)
 
-        # Five varints plus the timeline id and the value.
-        _reserve(writer, 5 * MAX_VARINT_BYTES + timeline_length + value_length)
-        out = writer.data + writer.size
-        tag = kind << TAG_KIND_SHIFT
-        if expires_at != 0:
-            tag |= TAG_HAS_EXPIRY
-        if new_timeline:
-            out += _put_varint(out, tag | TAG_NEW_TIMELINE)
-            out += _put_varint(out, <uint64_t>timeline_length)
-            memcpy(out, PyBytes_AS_STRING(timeline), timeline_length)
-            out += timeline_length
-            out += _put_varint(out, seq)
-        else:
-            out += _put_varint(out, tag)
-            out += _put_varint(out, seq - previous_seq)
-        if expires_at != 0:
-            out += _put_varint(out, expires_at)
-        out += _put_varint(out, <uint64_t>value_length)
-        memcpy(out, PyBytes_AS_STRING(value), value_length)
-        out += value_length
-        writer.size = out - writer.data
-
+        _put_entry(writer, timeline, new_timeline, seq, previous_seq, kind,
+                   expires_at, value)
         previous_timeline = timeline
         previous_seq = seq
         previous_seq_object = seq_object
@@ -330,10 +341,8 @@ cdef int _encode_slice(_Writer* writer, bytes timeline, list seqs, list kinds,
     caller then takes the checked path.
     """
     cdef Py_ssize_t i, value_length
-    cdef Py_ssize_t timeline_length = PyBytes_GET_SIZE(timeline)
-    cdef uint64_t seq, kind, expires_at, tag
+    cdef uint64_t seq, kind, expires_at
     cdef object value
-    cdef uint8_t* out
     for i in range(start, stop):
         if not (_as_uint(<object>PyList_GET_ITEM(seqs, i), MAX_SEQ, &seq)
                 and _as_uint(<object>PyList_GET_ITEM(kinds, i), MAX_KIND, &kind)
@@ -348,28 +357,9 @@ cdef int _encode_slice(_Writer* writer, bytes timeline, list seqs, list kinds,
             return 1
         if not new_timeline and seq <= previous_seq[0]:
             return 1
-        # Five varints plus the timeline id and the value.
-        _reserve(writer, 5 * MAX_VARINT_BYTES + timeline_length + value_length)
-        out = writer.data + writer.size
-        tag = kind << TAG_KIND_SHIFT
-        if expires_at != 0:
-            tag |= TAG_HAS_EXPIRY
-        if new_timeline:
-            out += _put_varint(out, tag | TAG_NEW_TIMELINE)
-            out += _put_varint(out, <uint64_t>timeline_length)
-            memcpy(out, PyBytes_AS_STRING(timeline), timeline_length)
-            out += timeline_length
-            out += _put_varint(out, seq)
-            new_timeline = False
-        else:
-            out += _put_varint(out, tag)
-            out += _put_varint(out, seq - previous_seq[0])
-        if expires_at != 0:
-            out += _put_varint(out, expires_at)
-        out += _put_varint(out, <uint64_t>value_length)
-        memcpy(out, PyBytes_AS_STRING(value), value_length)
-        out += value_length
-        writer.size = out - writer.data
+        _put_entry(writer, timeline, new_timeline, seq, previous_seq[0], kind,
+                   expires_at, <bytes>value)
+        new_timeline = False
         previous_seq[0] = seq
     return 0
 
