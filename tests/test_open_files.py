@@ -255,7 +255,7 @@ def test_scan_survives_compaction_deleting_its_tables(tmp_path):
         scan = db.scan(TIMELINES[0])
         first = [next(scan) for _ in range(3)]
         db.compact()
-        # The scan still holds the replaced tables, so their files stay
+        # The scan still references the replaced tables, so their files stay
         # until it ends. Other reads turn over the one-file cache, and the
         # scan reopens those files as it goes.
         assert old_files <= set(table_files(tmp_path))
@@ -372,7 +372,7 @@ print(json.dumps({"before": before, "after": after, "rows": rows}))
 """
 
 
-def test_compaction_with_hundreds_of_files_under_low_fd_limit(tmp_path):
+def test_compaction_under_low_fd_limit(tmp_path):
     # Hundreds of inputs and outputs in one merge must not need a
     # descriptor each: outputs close when full, and replaced inputs are
     # deleted, not held open.

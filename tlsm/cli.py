@@ -100,7 +100,7 @@ def build_parser():
         "--compaction-style",
         choices=COMPACTION_STYLES,
         default=DEFAULT_OPTIONS["compaction_style"],
-        help="leveled: each level below 0 holds tables with disjoint key ranges, "
+        help="leveled: each level below 0 has tables with disjoint key ranges, "
         "so a read visits one table per level; tiered: levels of sorted runs, "
         "which rewrites less data (default: leveled; see docs/engine.md)",
     )

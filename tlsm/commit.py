@@ -1,17 +1,17 @@
 """The write path: commit groups, seq assignment and memtable switches.
 
 A writer validates its operations and joins the commit queue. The writer
-at its front leads a commit group: under the write lock it takes the
-writes queued behind it, assigns each timeline its next seqs, appends one
-log record for the whole group (and fsyncs it once when any write of the
-group needs it), then applies the group to the active memtable under the
-short visibility lock, so readers see a batch whole or not at all, and see
-seq N of a timeline before N+1. A failed log write or fsync fails every
+at its front leads a commit group. Under the write lock it takes the
+writes queued behind it and assigns each timeline its next seqs. It
+appends one log record for the whole group, and fsyncs it once when any
+write of the group needs it. Then it applies the group to the active
+memtable under the short visibility lock, so readers see a batch whole or
+not at all, and see seq N of a timeline before N+1. A failed log write or fsync fails every
 write of its group, and none of them becomes visible.
 
 Single appends and small batches of puts first try the fast path
 (tlsm.writer), which does the same in one call when no lock, flush, log
-growth, fsync or TTL is involved; whatever it declines takes the path
+growth, fsync or TTL is involved. Whatever it declines takes the path
 above.
 
 When the active memtable reaches memtable_bytes it becomes immutable and a

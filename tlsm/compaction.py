@@ -1,14 +1,14 @@
 """Flush and compaction: writing memtables out, and merging table files.
 
 Two background threads do the work. The flush thread writes each immutable
-memtable to a new level-0 table. The compaction thread asks
-tlsm.compaction_pick.pick for the next job and runs it: a trivial move only
-edits the manifest; a merge reads its input tables through the k-way merge
-and writes the entries it keeps to new files of the target level. Each job
+memtable to a new level-0 table. The compaction thread gets the next job
+from tlsm.compaction_pick.pick and runs it. A trivial move only edits the
+manifest. A merge reads its input tables through the k-way merge and
+writes the entries it keeps to new files of the target level. Each job
 ends with one manifest save that swaps inputs for outputs, so a crash
 leaves either the old tables or the new ones live, never both. The flush
-thread never waits for a merge, so a long merge does not hold writers up
-beyond the level-0 stall.
+thread does not wait for a merge to finish (only for the short manifest
+update), so a long merge delays writers only through the level-0 stall.
 
 A merge drops an entry when either holds:
 - it has expired (expires_at <= now): no older version of the key exists,
@@ -53,15 +53,15 @@ def tombstones_to_keep(input_tables, other_tables):
     A tombstone stays while a table outside the merge may hold an entry it
     covers, judged by that table's summary span of the timeline.
     """
-    kept = []
+    needed = []
     for table in input_tables:
         for key, start, end in table.tombstones:
             for other in other_tables:
                 span = other.span(key)
                 if span is not None and span[2] and span[0] < end and span[1] >= start:
-                    kept.append((key, start, end))
+                    needed.append((key, start, end))
                     break
-    return kept
+    return needed
 
 
 class _SideRecords:
@@ -81,14 +81,11 @@ class _SideRecords:
         self._records = by_key
         self._position = 0
 
-    def pending(self):
-        return self._position < len(self._keys)
-
     def write_before(self, output, key):
         """Write the records of timelines below key (all with key None)."""
-        keys_ = self._keys
-        stop = len(keys_) if key is None else bisect.bisect_left(keys_, key)
-        for timeline_id in keys_[self._position : stop]:
+        timelines = self._keys
+        stop = len(timelines) if key is None else bisect.bisect_left(timelines, key)
+        for timeline_id in timelines[self._position : stop]:
             intervals, max_seq = self._records[timeline_id]
             output.note_key(timeline_id)
             for start, end in intervals:
@@ -196,7 +193,7 @@ class MaintenanceMixin:
         target_bytes = self._options["target_file_bytes"] if split else None
         output = self._new_output()
         # Finished files are closed at once, so a merge with many outputs
-        # holds one descriptor; they are removed again if the merge fails.
+        # keeps one descriptor open. They are removed again if the merge fails.
         infos = []
         current_key = None
         try:
@@ -394,14 +391,14 @@ class MaintenanceMixin:
         numbers = {info.number for info in inputs}
         with self._work:
             others = [t for n, t in self._tables.items() if n not in numbers]
-        kept = tombstones_to_keep(tables, others)
+        kept_tombstones = tombstones_to_keep(tables, others)
         with self._visible_lock:
             live_tombstones = self._tombstones
         counts = {"dropped_expired": 0, "dropped_deleted": 0}
         merged = merge_module.merge_entries([t.entries() for t in tables])
         runs = survivors.surviving_runs(merged, live_tombstones, self._now_ms(), counts)
         outputs = self._write_merged(
-            runs, _SideRecords(kept, high_water), job.split, cancellable
+            runs, _SideRecords(kept_tombstones, high_water), job.split, cancellable
         )
         self._install_job(job, inputs, outputs)
         read_bytes = sum(i.size for i in inputs)

@@ -36,8 +36,8 @@ class Job:
 
     inputs maps a level index to the TableInfos taken from it. trivial means
     the single input moves to target unchanged. split means the output is
-    cut into files of about target_file_bytes, in key order (leveled);
-    otherwise it is one file that becomes the newest of target (tiered).
+    cut into files of about target_file_bytes, in key order (leveled).
+    Without split it is one file that becomes the newest of target (tiered).
     """
 
     __slots__ = ("inputs", "reason", "split", "target", "trivial")
@@ -62,9 +62,9 @@ class Job:
 def pick(style, levels, tables, options, now_ms, pointers):
     """Return the next Job for levels, or None when nothing needs compacting.
 
-    tables maps file numbers to open Table objects (for expiry times);
+    tables maps file numbers to open Table objects (for expiry times).
     pointers maps a level to the largest key its last compaction took, and
-    is updated for the job returned.
+    pick() updates it for the job it returns.
     """
     if style == "tiered":
         return _pick_tiered(levels, tables, options["level_fanout"], now_ms)

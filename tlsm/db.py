@@ -54,9 +54,9 @@ _MAX_LOG_CHUNK_BYTES = 64 * 1024 * 1024
 _TABLE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-# Up to this many tables, a read asks every table's bloom filter; with more,
-# it first picks by key range the one table of each disjoint level that can
-# hold the timeline.
+# Up to this many tables, a read checks every table's bloom filter. With
+# more, it first picks by key range the one table of each disjoint level
+# that can contain the timeline.
 _RANGE_PICK_TABLES = 8
 
 

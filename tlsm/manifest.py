@@ -23,10 +23,10 @@ taken from the table files on open.
 byte. The table "default" (id 0) always exists.
 
 ``levels[0]`` lists level-0 tables newest first. Under leveled compaction
-every deeper level lists tables with disjoint key ranges in key order; under
-tiered compaction every level lists tables newest first. A key is written
-once and never overwritten, so no order decides between versions of an
-entry; the order only tells compaction which tables to merge.
+every deeper level lists tables with disjoint key ranges in key order.
+Under tiered compaction every level lists tables newest first. A key is
+written once and never overwritten, so no order decides between versions
+of an entry. The order only guides compaction's choice of tables.
 """
 
 import json
@@ -57,8 +57,8 @@ _TAG = "tlsm-manifest"
 class TableInfo:
     """What the manifest records of one table file.
 
-    smallest and largest bound the stored timeline keys the file holds (None
-    until known); two files overlap when their key ranges intersect.
+    smallest and largest bound the stored timeline keys in the file (None
+    until known). Two files overlap when their key ranges intersect.
     """
 
     __slots__ = ("number", "size", "entries", "smallest", "largest")

@@ -174,8 +174,8 @@ class RecoveryMixin:
 
         Manifests of format 1 lack key ranges, which come from the tables'
         summaries and tombstones here. A leveled level whose tables overlap
-        (a database that was tiered) moves to level 0, whose tables may
-        overlap; the next level-0 merge then rewrites it as leveled.
+        (a database that was tiered) moves to level 0, where tables may
+        overlap. The next level-0 merge then rewrites it as leveled.
         """
         for level in manifest.levels:
             for info in level:
@@ -205,7 +205,7 @@ class RecoveryMixin:
 
 
 def _key_range(table):
-    """Return (smallest, largest) stored timeline key that table holds anything of."""
+    """Return the (smallest, largest) stored timeline keys that table has data of."""
     table.load()
     present = list(table.summary)
     present.extend(key for key, _, _ in table.tombstones)

@@ -175,11 +175,11 @@ class SSTable:
         self._load_summary()
 
     def delete_when_unused(self):
-        """Delete the file once no read, snapshot or scan holds this table.
+        """Delete the file once no read, snapshot or scan references this table.
 
         Compaction calls it (through LiveTables) for each table it
         replaced. Until the table object dies the file stays on disk, so
-        it can be reopened through the open-file cache like any other; a
+        it can be reopened through the open-file cache like any other. A
         crash before that leaves a file the next open deletes, because the
         manifest no longer lists it.
         """

@@ -199,44 +199,33 @@ class TableWriter:
         """Write index, summary and footer; sync and close. Returns the file size."""
         if self._pending:
             self._finish_block()
-        index_parts = []
-        for timeline_id, last_seq, offset, size in self._index:
-            index_parts.append(
-                _INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size)
+        index = self._append_meta(
+            part
+            for timeline_id, last_seq, offset, size in self._index
+            for part in (
+                _INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size),
+                timeline_id,
             )
-            index_parts.append(timeline_id)
-        index_offset = self._offset
-        index_block = _frame(b"".join(index_parts), COMPRESSION_NONE)
-        self._append(index_block)
-        summary_parts = []
-        for timeline_id in sorted(self._summary):
-            min_seq, max_seq, count = self._summary[timeline_id]
-            summary_parts.append(
-                _SUMMARY_ENTRY.pack(len(timeline_id), min_seq, max_seq, count)
+        )
+        summary = self._append_meta(
+            part
+            for timeline_id in sorted(self._summary)
+            for part in (
+                _SUMMARY_ENTRY.pack(len(timeline_id), *self._summary[timeline_id]),
+                timeline_id,
             )
-            summary_parts.append(timeline_id)
-        summary_offset = self._offset
-        summary_block = _frame(b"".join(summary_parts), COMPRESSION_NONE)
-        self._append(summary_block)
-        tombstone_parts = []
-        for timeline_id, start, end in sorted(self._tombstones):
-            tombstone_parts.append(_TOMBSTONE.pack(len(timeline_id), start, end))
-            tombstone_parts.append(timeline_id)
-        tombstone_offset = self._offset
-        tombstone_block = _frame(b"".join(tombstone_parts), COMPRESSION_NONE)
-        self._append(tombstone_block)
-        bloom_offset = self._offset
-        bloom_block = _frame(bloom.build(self._summary), COMPRESSION_NONE)
-        self._append(bloom_block)
+        )
+        tombstones = self._append_meta(
+            part
+            for timeline_id, start, end in sorted(self._tombstones)
+            for part in (_TOMBSTONE.pack(len(timeline_id), start, end), timeline_id)
+        )
+        bloom_filter = self._append_meta([bloom.build(self._summary)])
         head = _FOOTER_HEAD.pack(
-            index_offset,
-            len(index_block),
-            summary_offset,
-            len(summary_block),
-            tombstone_offset,
-            len(tombstone_block),
-            bloom_offset,
-            len(bloom_block),
+            *index,
+            *summary,
+            *tombstones,
+            *bloom_filter,
             self.entry_count,
             self.max_expires_at,
             FORMAT_VERSION,
@@ -249,6 +238,13 @@ class TableWriter:
             self._file.sync()
         self._file.close()
         return self._offset
+
+    def _append_meta(self, parts):
+        """Append one uncompressed block of parts; return (offset, framed size)."""
+        offset = self._offset
+        block = _frame(b"".join(parts), COMPRESSION_NONE)
+        self._append(block)
+        return offset, len(block)
 
     def abandon(self):
         """Close the file without finishing it; the caller removes it."""
