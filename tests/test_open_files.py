@@ -306,8 +306,8 @@ def test_cache_evicts_least_recently_used(tmp_path):
         cache.release(pinned)
     # File 1 was least recently used when file 2 came in.
     assert cache.open_files == 2
-    assert files[1]._fd == -1
-    assert files[0]._fd >= 0
+    assert files[1].closed
+    assert not files[0].closed
     assert (cache.hits, cache.misses) == (1, 3)
     pinned = cache.acquire(1, lambda: fs.open_read(paths[1]))
     assert pinned.file.read_at(0, 6) == b"file 1"
@@ -329,7 +329,7 @@ def test_cache_keeps_pinned_files_open(tmp_path):
     for pin in pins:
         cache.release(pin)
     assert cache.open_files == 1
-    assert pins[2].file._fd >= 0
+    assert not pins[2].file.closed
 
 
 def test_cache_drop_waits_for_last_release(tmp_path):
@@ -342,7 +342,7 @@ def test_cache_drop_waits_for_last_release(tmp_path):
     assert pinned.file.read_at(0, 6) == b"file 0"
     cache.release(pinned)
     assert cache.open_files == 0
-    assert pinned.file._fd == -1
+    assert pinned.file.closed
 
 
 def test_cache_open_error_pins_nothing(tmp_path):

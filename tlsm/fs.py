@@ -189,21 +189,48 @@ class MappedLogFile:
 
 
 class RandomAccessFile:
-    """A read-only file read with pread, safe to share between threads."""
+    """A read-only file, safe to share between threads.
+
+    A non-empty file is read through a shared read-only memory mapping: a
+    read is a copy out of the page cache, without a system call. Table
+    files never change once written, so the mapping stays valid until
+    close(). The mapping holds its own descriptor, and the one passed in is
+    closed at once, so an open file costs one descriptor either way.
+    """
 
     def __init__(self, path, fd, size):
         self.path = path
-        self._fd = fd
         self.size = size
+        self._map = None
+        self._fd = fd
+        if size:
+            try:
+                self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                # Mapping can fail where pread works (some network and
+                # special file systems); fall back to pread.
+                return
+            os.close(fd)
+            self._fd = -1
 
     def read_at(self, offset, length):
         """Return exactly length bytes at offset, or fewer only at end of file."""
+        mapped = self._map
+        if mapped is not None:
+            return mapped[offset : offset + length]
         try:
             return os.pread(self._fd, length, offset)
         except OSError as exc:
             raise _io_error("read of", self.path, exc) from exc
 
+    @property
+    def closed(self):
+        return self._map is None and self._fd < 0
+
     def close(self):
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -137,23 +137,27 @@ class SSTable:
             self._open_files.release(pinned)
 
     def _read_framed(self, offset, size):
+        """Return the checked, decompressed body of the block frame at offset, as bytes."""
         data = self._read_at(offset, size)
         if len(data) != size or size < _TRAILER.size:
             raise self._corrupt(f"short read of {size}-byte block", offset)
-        body = memoryview(data)[: size - _TRAILER.size]
-        compression, crc = _TRAILER.unpack_from(data, size - _TRAILER.size)
-        if zlib.crc32(bytes([compression]), zlib.crc32(body)) != crc:
+        # The checksum covers the body and the compression byte after it.
+        checked = size - 4
+        if zlib.crc32(memoryview(data)[:checked]) != int.from_bytes(
+            data[checked:], "little"
+        ):
             raise self._corrupt("block checksum mismatch", offset)
+        compression = data[checked - 1]
+        if compression == COMPRESSION_NONE:
+            return data[: checked - 1]
         if compression == COMPRESSION_LZ4:
             try:
-                return lz4.block.decompress(body)
+                return lz4.block.decompress(memoryview(data)[: checked - 1])
             except lz4.block.LZ4BlockError as exc:
                 raise self._corrupt(
                     f"LZ4 decompression failed ({exc})", offset
                 ) from None
-        if compression != COMPRESSION_NONE:
-            raise self._corrupt(f"unknown compression type {compression}", offset)
-        return body
+        raise self._corrupt(f"unknown compression type {compression}", offset)
 
     def open(self):
         """Read the footer, tombstones and bloom filter (idempotent)."""
@@ -331,9 +335,7 @@ class SSTable:
 
     def load_body(self, index):
         """Read block number index from the file and add it to the cache."""
-        body = bytes(
-            self._read_framed(self._block_offsets[index], self._block_sizes[index])
-        )
+        body = self._read_framed(self._block_offsets[index], self._block_sizes[index])
         self._cache.put((self.file_number, index), body, len(body))
         return body
 
