@@ -3,9 +3,10 @@
 Every extension has a pure-Python twin in tlsm/, so a build without a C
 compiler still yields a working package when TLSM_PURE_PYTHON=1 is set.
 
-tlsm_ext.writer computes log checksums with zlib's crc32 when zlib.h is
-found at build time (Debian: zlib1g-dev) and with its own table otherwise;
-both give the same values.
+tlsm_ext.writer and tlsm_ext.scan compute checksums with zlib's crc32 when
+zlib.h is found at build time (Debian: zlib1g-dev). Without it, the writer
+uses its own table and the scan module calls Python's zlib; all give the
+same values.
 """
 
 import glob
@@ -27,11 +28,15 @@ def _zlib_include_dir():
     return None
 
 
+# Extensions that cimport tlsm_ext.zlib_crc.
+_USES_ZLIB = ("tlsm_ext.writer", "tlsm_ext.scan")
+
+
 def _extension(path):
     name = "tlsm_ext." + path[len("tlsm_ext/") : -len(".pyx")]
     options = {"extra_compile_args": ["-O3"]}
     zlib_dir = _zlib_include_dir()
-    if name == "tlsm_ext.writer" and zlib_dir is not None:
+    if name in _USES_ZLIB and zlib_dir is not None:
         options.update(
             include_dirs=[zlib_dir],
             define_macros=[("TLSM_HAVE_ZLIB", "1")],

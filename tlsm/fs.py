@@ -201,11 +201,12 @@ class RandomAccessFile:
     def __init__(self, path, fd, size):
         self.path = path
         self.size = size
-        self._map = None
+        # The mmap object, or None when the file is read with pread.
+        self.mapping = None
         self._fd = fd
         if size:
             try:
-                self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+                self.mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
                 # Mapping can fail where pread works (some network and
                 # special file systems); fall back to pread.
@@ -215,7 +216,7 @@ class RandomAccessFile:
 
     def read_at(self, offset, length):
         """Return exactly length bytes at offset, or fewer only at end of file."""
-        mapped = self._map
+        mapped = self.mapping
         if mapped is not None:
             return mapped[offset : offset + length]
         try:
@@ -225,12 +226,12 @@ class RandomAccessFile:
 
     @property
     def closed(self):
-        return self._map is None and self._fd < 0
+        return self.mapping is None and self._fd < 0
 
     def close(self):
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self.mapping is not None:
+            self.mapping.close()
+            self.mapping = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -93,6 +93,26 @@ class OpenFileCache:
         self._close(evicted)
         return entry
 
+    def read(self, file_number, opener, offset, length):
+        """Return length bytes at offset of file_number's file, opening it if needed.
+
+        Same as acquire(), file.read_at() and release(), in one call. A
+        cached file that is memory-mapped (its ``mapping`` attribute is
+        set) is read under the cache's lock, since a copy out of the
+        mapping never waits on I/O; any other read happens outside it.
+        """
+        with self._lock:
+            entry = self._items.get(file_number)
+            if entry is not None and getattr(entry.file, "mapping", None) is not None:
+                self._items.move_to_end(file_number)
+                self.hits += 1
+                return entry.file.read_at(offset, length)
+        entry = self.acquire(file_number, opener)
+        try:
+            return entry.file.read_at(offset, length)
+        finally:
+            self.release(entry)
+
     def release(self, entry):
         """Unpin an _OpenFile that acquire() returned."""
         with self._lock:

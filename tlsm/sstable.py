@@ -130,11 +130,7 @@ class SSTable:
         return self.fs.open_read(self.path)
 
     def _read_at(self, offset, size):
-        pinned = self._open_files.acquire(self.file_number, self._open_file)
-        try:
-            return pinned.file.read_at(offset, size)
-        finally:
-            self._open_files.release(pinned)
+        return self._open_files.read(self.file_number, self._open_file, offset, size)
 
     def _read_framed(self, offset, size):
         """Return the checked, decompressed body of the block frame at offset, as bytes."""

@@ -12,6 +12,7 @@ cdef class BlockCache:
     cdef object lookup(self, object key)
     cdef tuple lookup_item(self, object key)
     cdef int attach_runs(self, object key, object body, object runs) except -1
+    cdef int store(self, object key, object body, Py_ssize_t charge) except -1
 
 
 cpdef Py_ssize_t collect_run(tuple run, Py_ssize_t low, Py_ssize_t high,

@@ -32,6 +32,9 @@ from tlsm_ext.block_lookup cimport (
     prefix_of_bytes,
 )
 from tlsm_ext.little_endian cimport read_u32, read_u64
+from tlsm_ext.zlib_crc cimport TLSM_CRC_FROM_ZLIB, tlsm_zlib_crc32
+
+import lz4.block
 
 from tlsm import keys
 from tlsm.errors import CorruptionError
@@ -47,6 +50,8 @@ cdef array.array _U64_ARRAY = array.array("Q")
 cdef Py_ssize_t CACHE_LINE_BYTES = 64
 
 cdef object _KIND_PUT = keys.KIND_PUT
+cdef object _lz4_decompress = lz4.block.decompress
+cdef object _LZ4BlockError = lz4.block.LZ4BlockError
 cdef object _ZERO = 0
 
 
@@ -207,15 +212,19 @@ cdef class BlockCache:
 
     def put(self, key, body, Py_ssize_t charge):
         """Cache body under key; see tlsm.scan.BlockCache."""
+        self.store(key, body, charge)
+
+    cdef int store(self, object key, object body, Py_ssize_t charge) except -1:
         if charge > self.capacity_bytes:
-            return
+            return 0
         if key in self._items:
-            return
+            return 0
         self._items[key] = (body, charge)
         self.used_bytes += charge
         while self.used_bytes > self.capacity_bytes and self._items:
             _, item = self._items.popitem(last=False)
             self.used_bytes -= <Py_ssize_t>(<tuple>item)[1]
+        return 0
 
     def evict_file(self, file_number):
         """Drop every body of table file file_number."""
@@ -244,6 +253,49 @@ cdef inline void _prefetch(const char* data, Py_ssize_t size) noexcept nogil:
     while offset < size:
         __builtin_prefetch(data + offset)
         offset += CACHE_LINE_BYTES
+
+
+# Block frame trailer: compression u8 | crc32 u32 of body and compression.
+cdef Py_ssize_t TRAILER_BYTES = 5
+# Compression codes, as in tlsm.sstable (which imports this module).
+cdef uint8_t _COMPRESSION_NONE = 0
+cdef uint8_t _COMPRESSION_LZ4 = 1
+
+
+cdef object _load_body(object table, Py_ssize_t index, BlockCache cache,
+                       object block_key):
+    """Read, check and cache data block index of table; return its body.
+
+    The fast version of SSTable.load_body, for a frame read whole whose
+    checksum zlib can check here. Anything else, a damaged frame included,
+    goes to load_body, which raises the proper CorruptionError.
+    """
+    cdef tuple parsed = table._index
+    cdef array.array offsets = <array.array>parsed[1]
+    cdef array.array sizes = <array.array>parsed[2]
+    cdef Py_ssize_t size = <Py_ssize_t>sizes.data.as_ulonglongs[index]
+    cdef const unsigned char* buf
+    cdef uint8_t compression
+    if not TLSM_CRC_FROM_ZLIB or size < TRAILER_BYTES:
+        return table.load_body(index)
+    data = table._read_at(offsets.data.as_ulonglongs[index], size)
+    if not PyBytes_CheckExact(data) or PyBytes_GET_SIZE(data) != size:
+        return table.load_body(index)
+    buf = <const unsigned char*>PyBytes_AS_STRING(data)
+    if tlsm_zlib_crc32(0, buf, <size_t>(size - 4)) != read_u32(buf + size - 4):
+        return table.load_body(index)
+    compression = buf[size - TRAILER_BYTES]
+    if compression == _COMPRESSION_NONE:
+        body = PyBytes_FromStringAndSize(<const char*>buf, size - TRAILER_BYTES)
+    elif compression == _COMPRESSION_LZ4:
+        try:
+            body = _lz4_decompress(memoryview(data)[:size - TRAILER_BYTES])
+        except _LZ4BlockError:
+            return table.load_body(index)
+    else:
+        return table.load_body(index)
+    cache.store(block_key, body, PyBytes_GET_SIZE(body))
+    return body
 
 
 cdef Py_ssize_t _collect_table_span(object table, bytes timeline_id, uint64_t first,
@@ -290,7 +342,7 @@ cdef Py_ssize_t _collect_table_span(object table, bytes timeline_id, uint64_t fi
             block_key = (file_number, index)
             item = fast_cache.lookup_item(block_key)
             if item is None:
-                body = table.load_body(index)
+                body = _load_body(table, index, fast_cache, block_key)
             else:
                 body = item[0]
                 if PyTuple_GET_SIZE(item) > 2:

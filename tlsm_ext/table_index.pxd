@@ -1,6 +1,21 @@
+from libc.stdint cimport uint32_t
+
+
+cdef struct Slot:
+    # Upper 32 bits of the timeline's hash, and its entry number + 1 (0
+    # marks an empty slot).
+    uint32_t tag
+    uint32_t entry
+
+
 cdef class SummaryIndex:
     # The summary body (any bytes-like object), read in place.
     cdef const unsigned char[::1] _view
     # Start of each entry in _body, in body (timeline_id) order.
     cdef Py_ssize_t* _starts
     cdef Py_ssize_t _count
+    # Open-addressing hash table over the entries, linear probing.
+    cdef Slot* _slots
+    cdef Py_ssize_t _mask
+
+    cdef int _build_slots(self, const unsigned char* buf) except -1

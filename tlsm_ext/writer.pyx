@@ -29,6 +29,8 @@ from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from tlsm_ext.zlib_crc cimport TLSM_CRC_FROM_ZLIB, tlsm_zlib_crc32
+
 from tlsm import keys, wal
 from tlsm.memtable import Memtable
 
@@ -40,34 +42,6 @@ cdef extern from "Python.h":
     int PyGC_Disable()
     int PyGC_Enable()
 
-cdef extern from *:
-    """
-    #ifdef TLSM_HAVE_ZLIB
-    #include <zlib.h>
-    #define TLSM_CRC_FROM_ZLIB 1
-    static uint32_t tlsm_zlib_crc32(uint32_t crc, const unsigned char *data,
-                                    size_t length) {
-        /* zlib's crc32 takes a uInt length, so feed it in 1 GiB pieces. */
-        while (length > 0x40000000u) {
-            crc = (uint32_t)crc32(crc, data, 0x40000000u);
-            data += 0x40000000u;
-            length -= 0x40000000u;
-        }
-        return (uint32_t)crc32(crc, data, (uInt)length);
-    }
-    #else
-    #define TLSM_CRC_FROM_ZLIB 0
-    static uint32_t tlsm_zlib_crc32(uint32_t crc, const unsigned char *data,
-                                    size_t length) {
-        (void)data;
-        (void)length;
-        return crc;
-    }
-    #endif
-    """
-    bint TLSM_CRC_FROM_ZLIB
-    uint32_t tlsm_zlib_crc32(uint32_t crc, const unsigned char* data,
-                             size_t length) nogil
 
 # The library that computes the log checksums: "zlib" when zlib.h was found
 # at build time, else "table" (the byte-at-a-time table below).
