@@ -76,6 +76,8 @@ class WritableFile:
 # whose zero-filled tail ends at such a multiple was preallocated, not
 # damaged (see tlsm.wal.read_log). On disk: recovery relies on it.
 LOG_ALIGN_BYTES = 4096
+# The first allocation of a log file, unless chunk_bytes is smaller.
+FIRST_LOG_BYTES = 1 << 20
 
 
 def _round_up(value, multiple):
@@ -89,9 +91,10 @@ class MappedLogFile:
     full disk raises StorageIOError (ENOSPC) at allocation and a later copy
     into the mapping can never hit an unallocated page (SIGBUS). ``size`` is
     the number of bytes appended, ``capacity`` the allocated and mapped
-    length; the bytes in between are zero. The file grows by
-    ``chunk_bytes`` (at least) when an append does not fit. ``close``
-    truncates the file to ``size``.
+    length; the bytes in between are zero. When an append does not fit,
+    the file grows to double its capacity, by at most ``chunk_bytes`` (and
+    at least what the append needs); the first allocation is 1 MiB, or
+    ``chunk_bytes`` if smaller. ``close`` truncates the file to ``size``.
 
     ``mapping`` is the mmap object and ``size_cell`` an array of one signed
     64-bit integer that holds ``size``. tlsm.writer copies records into the
@@ -125,7 +128,12 @@ class MappedLogFile:
         """
         needed = self.size + length
         if needed > self.capacity:
-            step = max(needed - self.capacity, self.chunk_bytes)
+            # The capacity doubles from a small first allocation, by at most
+            # chunk_bytes at a time. Creating a log, at open and at each
+            # memtable switch, then prepares 1 MiB instead of a whole chunk.
+            # Preparing a 32 MiB chunk took 3 ms on ext4 here.
+            step = min(self.chunk_bytes, max(self.capacity, FIRST_LOG_BYTES))
+            step = max(needed - self.capacity, step)
             self._grow(self.capacity + _round_up(step, LOG_ALIGN_BYTES))
 
     def _grow(self, capacity):
@@ -194,7 +202,7 @@ class RandomAccessFile:
     A non-empty file is read through a shared read-only memory mapping: a
     read is a copy out of the page cache, without a system call. Table
     files never change once written, so the mapping stays valid until
-    close(). The mapping holds its own descriptor, and the one passed in is
+    close(). The mapping keeps its own descriptor, and the one passed in is
     closed at once, so an open file costs one descriptor either way.
     """
 
@@ -208,8 +216,8 @@ class RandomAccessFile:
             try:
                 self.mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
-                # Mapping can fail where pread works (some network and
-                # special file systems); fall back to pread.
+                # Mapping can fail where pread works (on some network and
+                # special file systems), so such files are read with pread.
                 return
             os.close(fd)
             self._fd = -1
@@ -248,11 +256,11 @@ class OsFileSystem:
         self.log_chunk_bytes = log_chunk_bytes
 
     def create_log(self, path, chunk_bytes):
-        """Create (or truncate) path and return a MappedLogFile of one chunk.
+        """Create (or truncate) path and return a MappedLogFile.
 
-        chunk_bytes (rounded up to LOG_ALIGN_BYTES) is both the first
-        allocation and the growth step. Raises StorageIOError when the file
-        cannot be created or allocated.
+        chunk_bytes (rounded up to LOG_ALIGN_BYTES) bounds the first
+        allocation and each growth step (see MappedLogFile). Raises
+        StorageIOError when the file cannot be created or allocated.
         """
         if self.log_chunk_bytes is not None:
             chunk_bytes = self.log_chunk_bytes

@@ -17,5 +17,9 @@ cdef class SummaryIndex:
     # Open-addressing hash table over the entries, linear probing.
     cdef Slot* _slots
     cdef Py_ssize_t _mask
+    # Lookups answered by binary search while _slots is not built yet.
+    cdef Py_ssize_t _searches
 
     cdef int _build_slots(self, const unsigned char* buf) except -1
+    cdef object _search(self, const unsigned char* buf, const char* key,
+                        Py_ssize_t key_length)

@@ -8,23 +8,37 @@ tlsm/table_index.py, which holds the public documentation.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memset
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy, memset
 
 from tlsm_ext.little_endian cimport read_u16, read_u64
 
 # Summary entry header (on disk): timeline_len u16 | min_seq u64 |
 # max_seq u64 | count u64.
 cdef Py_ssize_t SUMMARY_ENTRY_BYTES = 26
+# Lookups answered by binary search before the hash table is built. Most
+# tables see few lookups right after open (hashing 10,000 ids takes about
+# 0.2 ms), and busy ones recoup the build soon after.
+cdef Py_ssize_t SEARCHES_BEFORE_HASHING = 32
 
 
 cdef inline uint64_t _hash(const unsigned char* data, Py_ssize_t length) noexcept nogil:
-    # FNV-1a over the bytes, then a multiply-xorshift finish so that the
-    # high bits, which pick the slot and tag, depend on every byte.
-    cdef uint64_t value = 14695981039346656037ULL
-    cdef Py_ssize_t i
-    for i in range(length):
-        value = (value ^ data[i]) * 1099511628211ULL
+    # Eight bytes at a time, each word folded in with a multiply, then a
+    # multiply-xorshift finish so that the high bits, which pick the slot
+    # and tag, depend on every byte. Ids are short, so this beats a
+    # byte-at-a-time hash when a table's whole summary is hashed at once.
+    cdef uint64_t value = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>length * 0xFF51AFD7ED558CCDULL)
+    cdef uint64_t word
+    cdef Py_ssize_t i = 0
+    while i + 8 <= length:
+        memcpy(&word, data + i, 8)
+        value = (value ^ word) * 0xC4CEB9FE1A85EC53ULL
+        value ^= value >> 31
+        i += 8
+    if i < length:
+        word = 0
+        memcpy(&word, data + i, length - i)
+        value = (value ^ word) * 0xC4CEB9FE1A85EC53ULL
+        value ^= value >> 31
     value ^= value >> 29
     value *= 0xBF58476D1CE4E5B9ULL
     value ^= value >> 32
@@ -39,6 +53,7 @@ cdef class SummaryIndex:
         self._slots = NULL
         self._count = 0
         self._mask = 0
+        self._searches = 0
 
     def __init__(self, body):
         # The body is used in place, without a copy: a table's summary can
@@ -60,7 +75,6 @@ cdef class SummaryIndex:
             count += 1
             pos += SUMMARY_ENTRY_BYTES + read_u16(buf + pos)
         self._count = count
-        self._build_slots(buf)
 
     cdef int _build_slots(self, const unsigned char* buf) except -1:
         # At least twice as many slots as entries keeps linear probes short:
@@ -101,6 +115,11 @@ cdef class SummaryIndex:
         cdef const unsigned char* buf = &self._view[0]
         cdef const char* key = PyBytes_AS_STRING(timeline_id)
         cdef Py_ssize_t key_length = PyBytes_GET_SIZE(timeline_id)
+        if self._slots == NULL:
+            if self._searches < SEARCHES_BEFORE_HASHING:
+                self._searches += 1
+                return self._search(buf, key, key_length)
+            self._build_slots(buf)
         cdef uint64_t hashed = _hash(<const unsigned char*>key, key_length)
         cdef uint32_t tag = <uint32_t>(hashed >> 32)
         cdef Py_ssize_t slot = <Py_ssize_t>(hashed & <uint64_t>self._mask)
@@ -115,6 +134,31 @@ cdef class SummaryIndex:
                 if (read_u16(buf + start) == key_length
                         and memcmp(buf + start + SUMMARY_ENTRY_BYTES, key,
                                    key_length) == 0):
-                    return (read_u64(buf + start + 2), read_u64(buf + start + 10),
-                            read_u64(buf + start + 18))
+                    return _span_at(buf, start)
             slot = (slot + 1) & self._mask
+
+    cdef object _search(self, const unsigned char* buf, const char* key,
+                        Py_ssize_t key_length):
+        # Binary search over the entries, which are in timeline_id order.
+        cdef Py_ssize_t low = 0, high = self._count, middle, start, length
+        cdef int order
+        while low < high:
+            middle = (low + high) // 2
+            start = self._starts[middle]
+            length = read_u16(buf + start)
+            order = memcmp(buf + start + SUMMARY_ENTRY_BYTES, key,
+                           min(length, key_length))
+            if order == 0 and length != key_length:
+                order = -1 if length < key_length else 1
+            if order < 0:
+                low = middle + 1
+            elif order > 0:
+                high = middle
+            else:
+                return _span_at(buf, start)
+        return None
+
+
+cdef inline tuple _span_at(const unsigned char* buf, Py_ssize_t start):
+    return (read_u64(buf + start + 2), read_u64(buf + start + 10),
+            read_u64(buf + start + 18))
