@@ -1,7 +1,8 @@
-"""Table files: footer checks, the bloom filter and lazy loading."""
+"""Table files: footer and block frame checks, the bloom filter and lazy loading."""
 
 import os
 import random
+import zlib
 
 import pytest
 
@@ -9,7 +10,7 @@ import tlsm
 from tlsm.bloom import BloomFilter, build
 from tlsm.errors import CorruptionError
 from tlsm.fs import OsFileSystem
-from tlsm.sstable import FOOTER_SIZE, BlockCache, SSTable
+from tlsm.sstable import COMPRESSION_LZ4, FOOTER_SIZE, BlockCache, SSTable
 from tlsm.table_writer import TableWriter
 
 
@@ -108,3 +109,73 @@ def test_add_run_writes_same_file_as_add(tmp_path):
             writer.add_run(timeline_id, *runs[timeline_id])
         writer.finish()
         assert by_run.read_bytes() == by_entry.read_bytes()
+
+
+def _first_block_frame(tmp_path, compression):
+    """Write one timeline, then return (path, offset, size) of its first block."""
+    with tlsm.open(tmp_path, compression=compression, block_bytes=512) as db:
+        for _ in range(200):
+            db.append("t", b"v" * 50)
+    (table,) = [n for n in os.listdir(tmp_path) if n.endswith(".sst")]
+    path = tmp_path / table
+    reader = _open_table(path)
+    reader.load()
+    offset, size = reader._block_offsets[0], reader._block_sizes[0]
+    reader.close()
+    return path, offset, size
+
+
+def _rewrite_frame(path, offset, size, body, compression):
+    # A frame with a valid checksum, so that only its content is wrong.
+    trailer = bytes([compression])
+    crc = zlib.crc32(body + trailer)
+    frame = body + trailer + crc.to_bytes(4, "little")
+    assert len(frame) == size
+    data = bytearray(path.read_bytes())
+    data[offset : offset + size] = frame
+    path.write_bytes(bytes(data))
+
+
+# Each read reaches the first block: a limit of at most 4096 collects at
+# once (in the scan extension when built), a scan without one yields lazily.
+READS = {
+    "eager scan": lambda db: list(db.scan("t", limit=10)),
+    "eager reverse scan": lambda db: list(db.scan("t", limit=200, reverse=True)),
+    "lazy scan": lambda db: list(db.scan("t")),
+    "get": lambda db: db.get("t", 1),
+}
+
+
+@pytest.mark.parametrize("read", sorted(READS))
+@pytest.mark.parametrize("damage", ["body", "compression byte", "checksum"])
+def test_damaged_block_frame_fails_every_read(tmp_path, read, damage):
+    path, offset, size = _first_block_frame(tmp_path, compression=False)
+    position = {"body": offset + 10, "compression byte": offset + size - 5,
+                "checksum": offset + size - 1}[damage]
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0x01
+    path.write_bytes(bytes(data))
+    with tlsm.open(tmp_path) as db:
+        with pytest.raises(CorruptionError, match=f"checksum mismatch at offset {offset}"):
+            READS[read](db)
+
+
+@pytest.mark.parametrize("read", sorted(READS))
+def test_undecompressible_block_fails_every_read(tmp_path, read):
+    path, offset, size = _first_block_frame(tmp_path, compression=True)
+    # An LZ4 block that claims more output than its input can make.
+    junk = (1 << 30).to_bytes(4, "little") + b"\xff" * (size - 9)
+    _rewrite_frame(path, offset, size, junk, COMPRESSION_LZ4)
+    with tlsm.open(tmp_path) as db:
+        with pytest.raises(CorruptionError, match="LZ4 decompression failed"):
+            READS[read](db)
+
+
+@pytest.mark.parametrize("read", sorted(READS))
+def test_unknown_compression_code_fails_every_read(tmp_path, read):
+    path, offset, size = _first_block_frame(tmp_path, compression=False)
+    body = path.read_bytes()[offset : offset + size - 5]
+    _rewrite_frame(path, offset, size, body, 7)
+    with tlsm.open(tmp_path) as db:
+        with pytest.raises(CorruptionError, match="unknown compression type 7"):
+            READS[read](db)
