@@ -161,10 +161,12 @@ def test_damaged_block_frame_fails_every_read(tmp_path, read, damage):
 
 
 @pytest.mark.parametrize("read", sorted(READS))
-def test_undecompressible_block_fails_every_read(tmp_path, read):
+@pytest.mark.parametrize("size_header", [1 << 30, (1 << 32) - 1])
+def test_undecompressible_block_fails_every_read(tmp_path, read, size_header):
     path, offset, size = _first_block_frame(tmp_path, compression=True)
-    # An LZ4 block that claims more output than its input can make.
-    junk = (1 << 30).to_bytes(4, "little") + b"\xff" * (size - 9)
+    # An LZ4 block that claims more output than its input can make, or a
+    # negative size (lz4 raises ValueError for it, not LZ4BlockError).
+    junk = size_header.to_bytes(4, "little") + b"\xff" * (size - 9)
     _rewrite_frame(path, offset, size, junk, COMPRESSION_LZ4)
     with tlsm.open(tmp_path) as db:
         with pytest.raises(CorruptionError, match="LZ4 decompression failed"):

@@ -266,3 +266,18 @@ def test_batch_of_new_timelines_takes_fast_path(tmp_path):
         with pytest.raises(tlsm.InvalidArgumentError):
             db.append_batch([(b"u:1", b"ok"), (b"", b"empty timeline")])
         assert db.last_seq(b"u:1") == 1
+
+
+def test_append_larger_than_new_log_after_switch(tmp_path):
+    # Each append fills the 8 KiB memtable, so the next one switches to a
+    # new log whose first allocation (8 KiB) is too small for its record.
+    # The log then grows while the fast path must not hold its mapping.
+    with tlsm.open(tmp_path, memtable_bytes=8192) as db:
+        seqs = [db.append("big", bytes([i]) * 20_000) for i in range(6)]
+        assert seqs == [1, 2, 3, 4, 5, 6]
+        batch = db.append_batch([(f"user:{i}", b"p" * 40) for i in range(600)])
+        assert batch == [1] * 600
+    with tlsm.open(tmp_path, memtable_bytes=8192) as db:
+        assert [seq for seq, _ in db.scan("big")] == [1, 2, 3, 4, 5, 6]
+        assert db.get("big", 4) == bytes([3]) * 20_000
+        assert db.last_seq("user:599") == 1

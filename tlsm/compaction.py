@@ -127,6 +127,7 @@ class MaintenanceMixin:
                     if self._background_error is not None:
                         self._check_writable()
             self._rotate()
+            self._attach_fast_path()
         with self._work:
             while self._immutable is not None and self._background_error is None:
                 self._work.wait(0.1)

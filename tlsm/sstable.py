@@ -149,7 +149,8 @@ class SSTable:
         if compression == COMPRESSION_LZ4:
             try:
                 return lz4.block.decompress(memoryview(data)[: checked - 1])
-            except lz4.block.LZ4BlockError as exc:
+            # A size header that is negative or too large raises ValueError.
+            except (lz4.block.LZ4BlockError, ValueError) as exc:
                 raise self._corrupt(
                     f"LZ4 decompression failed ({exc})", offset
                 ) from None

@@ -290,7 +290,7 @@ cdef object _load_body(object table, Py_ssize_t index, BlockCache cache,
     elif compression == _COMPRESSION_LZ4:
         try:
             body = _lz4_decompress(memoryview(data)[:size - TRAILER_BYTES])
-        except _LZ4BlockError:
+        except (_LZ4BlockError, ValueError):
             return table.load_body(index)
     else:
         return table.load_body(index)
