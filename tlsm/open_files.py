@@ -98,8 +98,9 @@ class OpenFileCache:
 
         Same as acquire(), file.read_at() and release(), in one call. A
         cached file that is memory-mapped (its ``mapping`` attribute is
-        set) is read under the cache's lock, since a copy out of the
-        mapping never waits on I/O; any other read happens outside it.
+        set) is read under the cache's lock: the copy makes no system call,
+        though it waits for the disk when its pages are not in the page
+        cache. Any other read happens outside the lock.
         """
         with self._lock:
             entry = self._items.get(file_number)

@@ -5,7 +5,7 @@ max_seq: u64 | count: u64 | timeline_id) per timeline, sorted by
 timeline_id (layout in tlsm.sstable). Parsing a summary of 10,000
 timelines into a dict takes about 2 ms with the extension (a 2-core AMD
 EPYC), which the first read after open would wait for in every table it
-consults. SummaryIndex only records where each entry starts, and answers
+consults. SummaryIndex only records where each entry starts, and serves
 a table's first 32 lookups by binary search over the raw body. After
 that it hashes every timeline id into an open-addressing table (about
 0.2 ms for 10,000 ids), and a lookup probes one slot on most calls. The
