@@ -216,8 +216,7 @@ class RandomAccessFile:
             try:
                 self.mapping = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
             except (OSError, ValueError):
-                # Mapping can fail where pread works (on some network and
-                # special file systems), so such files are read with pread.
+                # A file that cannot be mapped is read with pread.
                 return
             os.close(fd)
             self._fd = -1
