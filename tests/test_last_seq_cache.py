@@ -1,10 +1,10 @@
 """The last-seq cache: filling it for batches, and seqs of timelines not in it."""
 
-import importlib
 import random
 import threading
 
 import pytest
+from twins import implementations
 
 import tlsm
 from tlsm import writer
@@ -18,18 +18,9 @@ class _Table:
         self.ttl = None
 
 
-def _implementations():
-    classes = [writer.PurePython.FastWriter]
-    try:
-        classes.append(importlib.import_module("tlsm_ext.writer").FastWriter)
-    except ImportError:
-        pass
-    return classes
-
-
 @pytest.mark.parametrize("seed", range(3))
 def test_uncached_keys_twins_agree(seed):
-    classes = _implementations()
+    classes = implementations(writer, "writer", "FastWriter")
     if len(classes) < 2:
         pytest.skip("tlsm_ext.writer is not built; build it with pip install -e .")
     rng = random.Random(seed)

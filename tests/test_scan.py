@@ -7,11 +7,11 @@ plain filter of decoded entries. The extensions are imported directly, so
 the comparisons also run under TLSM_PURE_PYTHON=1.
 """
 
-import importlib
 import os
 import random
 
 import pytest
+from twins import load_extension, outcome
 
 import tlsm
 from tlsm import block, keys, scan
@@ -21,21 +21,6 @@ from tlsm.sstable import SSTable
 from tlsm.table_writer import TableWriter
 
 END = MAX_SEQ + 1
-
-
-def load_extension(name):
-    try:
-        return importlib.import_module("tlsm_ext." + name)
-    except ImportError as exc:
-        pytest.skip(f"tlsm_ext.{name} is not built ({exc}); nothing to compare")
-
-
-def outcome(function, *args):
-    """Return ("ok", result) or ("error", class, message, offset)."""
-    try:
-        return ("ok", function(*args))
-    except Exception as exc:  # noqa: BLE001 - the comparison covers every class
-        return ("error", type(exc), str(exc), getattr(exc, "offset", None))
 
 
 def random_block_entries(rng):

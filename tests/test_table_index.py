@@ -5,11 +5,11 @@ parses it into a dict. Both must return the same spans and raise the same errors
 truncated and damaged bodies.
 """
 
-import importlib
 import random
 import struct
 
 import pytest
+from twins import implementations
 
 from tlsm import scan, table_index
 from tlsm.keys import MAX_SEQ
@@ -37,15 +37,6 @@ def random_spans(rng, count):
     return spans
 
 
-def implementations():
-    found = [table_index.PurePython.SummaryIndex]
-    try:
-        found.append(importlib.import_module("tlsm_ext.table_index").SummaryIndex)
-    except ImportError:
-        pass
-    return found
-
-
 def outcome(function, *args):
     try:
         return ("ok", function(*args))
@@ -53,7 +44,9 @@ def outcome(function, *args):
         return ("error", exc.args)
 
 
-@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize(
+    "implementation", implementations(table_index, "table_index", "SummaryIndex")
+)
 def test_summary_index_finds_every_span(implementation):
     rng = random.Random(1)
     # 1,024 ids fill half of the extension's 2,048 slots, the highest load

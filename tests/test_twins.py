@@ -6,36 +6,14 @@ even when TLSM_PURE_PYTHON=1 selects the twins elsewhere. A comparison is
 skipped only when its extension is not built.
 """
 
-import importlib
 import random
 
 import pytest
+from twins import load_extension, outcome
 
 from tlsm import block, merge, resp, survivors
 from tlsm.errors import InvalidArgumentError
 from tlsm.keys import MAX_SEQ
-
-
-def load_extension(name):
-    try:
-        return importlib.import_module("tlsm_ext." + name)
-    except ImportError as exc:
-        pytest.skip(
-            f"tlsm_ext.{name} is not built ({exc}), so there is nothing to compare; "
-            "build it with: python setup.py build_ext --inplace"
-        )
-
-
-def outcome(function, *args):
-    """Call function(*args) and return ("ok", result) or the error.
-
-    An error is returned as ("error", class, message, offset).
-    """
-    try:
-        return ("ok", function(*args))
-    except Exception as exc:  # noqa: BLE001 - the comparison covers every class
-        return ("error", type(exc), str(exc), getattr(exc, "offset", None))
-
 
 # Block codec
 

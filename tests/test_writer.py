@@ -1,10 +1,10 @@
 """The append fast path: twin equivalence, path selection, order under threads."""
 
-import importlib
 import random
 import threading
 
 import pytest
+from twins import implementations
 
 import tlsm
 from tlsm import wal, writer
@@ -19,15 +19,6 @@ class _Table:
     def __init__(self, prefix, ttl=None):
         self._prefix = prefix
         self.ttl = ttl
-
-
-def _implementations():
-    classes = [writer.PurePython.FastWriter]
-    try:
-        classes.append(importlib.import_module("tlsm_ext.writer").FastWriter)
-    except ImportError:
-        pass
-    return classes
 
 
 def _new_writer(cls, tmp_path, name, last_seqs, memtable_bytes=1 << 20):
@@ -64,7 +55,7 @@ def _log_bytes(log_file):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_twins_agree_on_random_calls(tmp_path, seed):
-    classes = _implementations()
+    classes = implementations(writer, "writer", "FastWriter")
     if len(classes) < 2:
         pytest.skip("tlsm_ext.writer is not built; build it with pip install -e .")
     states = []
@@ -99,7 +90,7 @@ def test_twins_agree_on_random_calls(tmp_path, seed):
         log_file.close()
 
 
-@pytest.mark.parametrize("cls", _implementations())
+@pytest.mark.parametrize("cls", implementations(writer, "writer", "FastWriter"))
 def test_fast_record_matches_encode_batch(tmp_path, cls):
     last_seqs = {b"\x00a": 4, b"\x00b": 0}
     fast, memtable, log_file = _new_writer(cls, tmp_path, "log", last_seqs)
@@ -123,7 +114,7 @@ def test_fast_record_matches_encode_batch(tmp_path, cls):
     log_file.close()
 
 
-@pytest.mark.parametrize("cls", _implementations())
+@pytest.mark.parametrize("cls", implementations(writer, "writer", "FastWriter"))
 def test_declines_without_room_or_when_detached(tmp_path, cls):
     last_seqs = {b"\x00a": 0}
     fast, memtable, log_file = _new_writer(cls, tmp_path, "log", last_seqs, 4096)
@@ -147,7 +138,7 @@ def test_declines_without_room_or_when_detached(tmp_path, cls):
     log_file.close()
 
 
-@pytest.mark.parametrize("cls", _implementations())
+@pytest.mark.parametrize("cls", implementations(writer, "writer", "FastWriter"))
 def test_declines_while_write_lock_held(tmp_path, cls):
     log_file = OsFileSystem().create_log(str(tmp_path / "000001.log"), 4096)
     lock = threading.Lock()
