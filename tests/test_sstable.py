@@ -181,3 +181,26 @@ def test_unknown_compression_code_fails_every_read(tmp_path, read):
     with tlsm.open(tmp_path) as db:
         with pytest.raises(CorruptionError, match="unknown compression type 7"):
             READS[read](db)
+
+
+@pytest.mark.parametrize("block", ["index", "summary"])
+def test_malformed_metadata_block_is_reported(tmp_path, block):
+    path = tmp_path / "000001.sst"
+    _write_table(path, [b"\x00a", b"\x00b"])
+    table = _open_table(path)
+    table.open()
+    index_offset, index_size, summary_offset, summary_size = table._footer
+    table.close()
+    offset, size = {
+        "index": (index_offset, index_size),
+        "summary": (summary_offset, summary_size),
+    }[block]
+    # A first entry whose id length runs past the end of the block, in a
+    # frame whose checksum is valid.
+    body = b"\xff\xff" + bytes(size - 7)
+    _rewrite_frame(path, offset, size, body, 0)
+    table = _open_table(path)
+    with pytest.raises(
+        CorruptionError, match=f"{block} overruns its block at offset {offset}"
+    ):
+        table.get(b"\x00a", 1)

@@ -205,12 +205,7 @@ class SSTable:
             if self._index is not None:
                 return
             index_offset, index_size, _, _ = self._footer
-            body = self._read_framed(index_offset, index_size)
-            try:
-                self._index = scan.parse_index(body)
-            except ValueError as exc:
-                problem, position = exc.args
-                raise self._corrupt(problem, index_offset + position) from None
+            self._index = self._parse(scan.parse_index, index_offset, index_size)
 
     def _load_summary(self):
         if self._loaded:
@@ -219,29 +214,32 @@ class SSTable:
         with self._lock:
             if self._loaded:
                 return
-            body, offset = self._read_summary_body()
-            try:
-                self._summary = scan.parse_summary(body)
-            except ValueError as exc:
-                problem, position = exc.args
-                raise self._corrupt(problem, offset + position) from None
+            self._summary = self._parse_summary(scan.parse_summary)
             self._loaded = True
 
     def _load_summary_index(self):
         self.open()
         with self._lock:
             if self._summary_index is None:
-                body, offset = self._read_summary_body()
-                try:
-                    self._summary_index = table_index.SummaryIndex(body)
-                except ValueError as exc:
-                    problem, position = exc.args
-                    raise self._corrupt(problem, offset + position) from None
+                self._summary_index = self._parse_summary(table_index.SummaryIndex)
             return self._summary_index
 
-    def _read_summary_body(self):
+    def _parse_summary(self, parse):
         _, _, summary_offset, summary_size = self._footer
-        return self._read_framed(summary_offset, summary_size), summary_offset
+        return self._parse(parse, summary_offset, summary_size)
+
+    def _parse(self, parse, offset, size):
+        """Return parse(body) of the metadata block at offset.
+
+        parse raises ValueError(problem, position) for a malformed body,
+        which becomes a CorruptionError at offset + position.
+        """
+        body = self._read_framed(offset, size)
+        try:
+            return parse(body)
+        except ValueError as exc:
+            problem, position = exc.args
+            raise self._corrupt(problem, offset + position) from None
 
     @property
     def summary(self):
