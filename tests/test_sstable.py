@@ -10,7 +10,13 @@ import tlsm
 from tlsm.bloom import BloomFilter, build
 from tlsm.errors import CorruptionError
 from tlsm.fs import OsFileSystem
-from tlsm.sstable import COMPRESSION_LZ4, FOOTER_SIZE, BlockCache, SSTable
+from tlsm.sstable import (
+    COMPRESSION_LZ4,
+    COMPRESSION_NONE,
+    FOOTER_SIZE,
+    BlockCache,
+    SSTable,
+)
 from tlsm.table_writer import TableWriter
 
 
@@ -150,14 +156,19 @@ READS = {
 @pytest.mark.parametrize("damage", ["body", "compression byte", "checksum"])
 def test_damaged_block_frame_fails_every_read(tmp_path, read, damage):
     path, offset, size = _first_block_frame(tmp_path, compression=False)
-    position = {"body": offset + 10, "compression byte": offset + size - 5,
-                "checksum": offset + size - 1}[damage]
+    position = {
+        "body": offset + 10,
+        "compression byte": offset + size - 5,
+        "checksum": offset + size - 1,
+    }[damage]
     data = bytearray(path.read_bytes())
     data[position] ^= 0x01
     path.write_bytes(bytes(data))
-    with tlsm.open(tmp_path) as db:
-        with pytest.raises(CorruptionError, match=f"checksum mismatch at offset {offset}"):
-            READS[read](db)
+    with (
+        tlsm.open(tmp_path) as db,
+        pytest.raises(CorruptionError, match=f"checksum mismatch at offset {offset}"),
+    ):
+        READS[read](db)
 
 
 @pytest.mark.parametrize("read", sorted(READS))
@@ -168,9 +179,11 @@ def test_undecompressible_block_fails_every_read(tmp_path, read, size_header):
     # negative size (lz4 raises ValueError for it, not LZ4BlockError).
     junk = size_header.to_bytes(4, "little") + b"\xff" * (size - 9)
     _rewrite_frame(path, offset, size, junk, COMPRESSION_LZ4)
-    with tlsm.open(tmp_path) as db:
-        with pytest.raises(CorruptionError, match="LZ4 decompression failed"):
-            READS[read](db)
+    with (
+        tlsm.open(tmp_path) as db,
+        pytest.raises(CorruptionError, match="LZ4 decompression failed"),
+    ):
+        READS[read](db)
 
 
 @pytest.mark.parametrize("read", sorted(READS))
@@ -178,9 +191,11 @@ def test_unknown_compression_code_fails_every_read(tmp_path, read):
     path, offset, size = _first_block_frame(tmp_path, compression=False)
     body = path.read_bytes()[offset : offset + size - 5]
     _rewrite_frame(path, offset, size, body, 7)
-    with tlsm.open(tmp_path) as db:
-        with pytest.raises(CorruptionError, match="unknown compression type 7"):
-            READS[read](db)
+    with (
+        tlsm.open(tmp_path) as db,
+        pytest.raises(CorruptionError, match="unknown compression type 7"),
+    ):
+        READS[read](db)
 
 
 @pytest.mark.parametrize("block", ["index", "summary"])
@@ -198,7 +213,7 @@ def test_malformed_metadata_block_is_reported(tmp_path, block):
     # A first entry whose id length runs past the end of the block, in a
     # frame whose checksum is valid.
     body = b"\xff\xff" + bytes(size - 7)
-    _rewrite_frame(path, offset, size, body, 0)
+    _rewrite_frame(path, offset, size, body, COMPRESSION_NONE)
     table = _open_table(path)
     with pytest.raises(
         CorruptionError, match=f"{block} overruns its block at offset {offset}"
