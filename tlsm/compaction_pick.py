@@ -28,6 +28,7 @@ Ranges are compared as stored timeline keys, whole timelines at a time: a
 merge starts a new output file only between two timelines, so a timeline
 lies within one file of each level.
 """
+
 import itertools
 
 
