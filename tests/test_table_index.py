@@ -1,7 +1,7 @@
 """SummaryIndex: timeline lookups in a table's raw summary body.
 
-The extension hashes the ids into a table over the body, and the pure twin
-parses it into a dict. Both must return the same spans and raise the same errors, also on
+The extension binary-searches the body for a table's first lookups and then
+hashes the ids into a table over it; the pure twin parses it into a dict. Both must return the same spans and raise the same errors, also on
 truncated and damaged bodies.
 """
 

@@ -117,7 +117,7 @@ def test_expiry_bytes_reclaimed_by_compaction(db, clock):
     assert before > 100_000
     clock.advance(2)
     db.compact()
-    # The replaced file goes when the last reference to its table does,
+    # The replaced file is deleted with the last reference to its table,
     # which the background compaction thread may hold for a moment.
     deadline = time.monotonic() + 10
     while _disk_bytes(db.path) >= 5_000 and time.monotonic() < deadline:

@@ -259,7 +259,7 @@ def test_batch_of_new_timelines_takes_fast_path(tmp_path):
         assert db.last_seq(b"u:1") == 1
 
 
-def test_append_larger_than_new_log_after_switch(tmp_path):
+def test_large_append_after_log_switch(tmp_path):
     # Each append fills the 8 KiB memtable, so the next one switches to a
     # new log whose first allocation (8 KiB) is too small for its record.
     # The log then grows while the fast path must not hold its mapping.

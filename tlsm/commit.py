@@ -331,7 +331,8 @@ class CommitMixin:
     def _rotate(self):
         """Turn the active memtable into the immutable one and start a new log.
 
-        Leaves the fast path detached; the caller attaches it again.
+        Leaves the fast path detached. The caller attaches it again after
+        appending its own record, which may grow the new log.
         """
         number = self._manifest.allocate_file_number()
         new_log = self._create_log(number)
@@ -346,8 +347,6 @@ class CommitMixin:
                 self._log = new_log
                 self._install_version()
             self._work.notify_all()
-        # The fast path stays detached: the caller attaches it once its own
-        # record is in, since appending that record may grow the new log.
         # Syncing the old log here keeps sync() and the periodic mode's
         # promise for records written just before the switch.
         old_log.close(sync=self._options["sync"] != "none")

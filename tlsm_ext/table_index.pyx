@@ -24,8 +24,7 @@ cdef Py_ssize_t SEARCHES_BEFORE_HASHING = 32
 cdef inline uint64_t _hash(const unsigned char* data, Py_ssize_t length) noexcept nogil:
     # Eight bytes at a time, each word folded in with a multiply, then a
     # multiply-xorshift finish so that the high bits, which pick the slot
-    # and tag, depend on every byte. Ids are short, so this beats a
-    # byte-at-a-time hash when a table's whole summary is hashed at once.
+    # and tag, depend on every byte.
     cdef uint64_t value = 0x9E3779B97F4A7C15ULL ^ (<uint64_t>length * 0xFF51AFD7ED558CCDULL)
     cdef uint64_t word
     cdef Py_ssize_t i = 0
@@ -77,10 +76,8 @@ cdef class SummaryIndex:
         self._count = count
 
     cdef int _build_slots(self, const unsigned char* buf) except -1:
-        # At least twice as many slots as entries keeps linear probes short:
-        # a lookup touches one slot and one entry on most calls, where a
-        # binary search over a large summary misses the CPU cache at each
-        # of its steps.
+        # At least twice as many slots as entries keeps linear probes short,
+        # so a lookup touches one slot and one entry on most calls.
         cdef Py_ssize_t size = 8, i, slot, start, length
         cdef uint64_t hashed
         while size < 2 * self._count:
