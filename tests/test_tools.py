@@ -96,7 +96,8 @@ def test_repair_leaves_readable_manifest(tmp_path):
     assert (tmp_path / "MANIFEST").read_bytes() == before
 
 
-def test_repair_salvages_intact_blocks(tmp_path):
+def _table_with_damaged_block(tmp_path):
+    """Write 2,000 entries to one table, flip a byte of its first block; return its name."""
     with tlsm.open(tmp_path, compression=False, memtable_bytes=1 << 20) as db:
         for i in range(2000):
             db.append("t%d" % (i % 4), b"v%05d" % i + b"." * 60)
@@ -104,6 +105,11 @@ def test_repair_salvages_intact_blocks(tmp_path):
     data = bytearray((tmp_path / table).read_bytes())
     data[100] ^= 0xFF
     (tmp_path / table).write_bytes(bytes(data))
+    return table
+
+
+def test_repair_salvages_intact_blocks(tmp_path):
+    table = _table_with_damaged_block(tmp_path)
     os.remove(tmp_path / "MANIFEST")
     result = _tool("repair_manifest.py", tmp_path)
     assert result.returncode == 1
@@ -117,13 +123,7 @@ def test_repair_salvages_intact_blocks(tmp_path):
 
 
 def test_repair_dry_run_counts_the_same_loss(tmp_path):
-    with tlsm.open(tmp_path, compression=False, memtable_bytes=1 << 20) as db:
-        for i in range(2000):
-            db.append("t%d" % (i % 4), b"v%05d" % i + b"." * 60)
-    (table,) = [n for n in os.listdir(tmp_path) if n.endswith(".sst")]
-    data = bytearray((tmp_path / table).read_bytes())
-    data[100] ^= 0xFF
-    (tmp_path / table).write_bytes(bytes(data))
+    table = _table_with_damaged_block(tmp_path)
     dry = _tool("repair_manifest.py", tmp_path, "--force", "--dry-run")
     assert dry.returncode == 1
     assert "would salvage" in dry.stdout
