@@ -17,11 +17,11 @@ Add --benchmark-autosave to store results (with the machine description) in
 .benchmarks/, and --benchmark-compare to compare with the last stored run.
 """
 
-import importlib
 import itertools
 import platform
 
 import pytest
+from implementations import implementations
 from redis.connection import Connection
 
 from tlsm import block, merge, resp
@@ -34,20 +34,6 @@ PIPELINE_COMMANDS = 1000
 PIPELINE_VALUE_BYTES = 100
 LARGE_BULK_BYTES = 100 * 1024 * 1024
 LARGE_BULK_CHUNK_BYTES = 1024
-
-
-def implementations(name, pure_module):
-    """Return pytest params for the extension module and the pure namespace."""
-    try:
-        extension = importlib.import_module("tlsm_ext." + name)
-        cython = pytest.param(extension, id="cython")
-    except ImportError:
-        cython = pytest.param(
-            None,
-            id="cython",
-            marks=pytest.mark.skip(reason=f"tlsm_ext.{name} is not built"),
-        )
-    return [cython, pytest.param(pure_module.PurePython, id="python")]
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ Workloads (each run once per implementation, grouped side by side):
 Run: python -m pytest bench/micro/test_scan_paths.py -q --benchmark-only
 """
 
-import importlib
 import os
 import platform
 
 import pytest
+from implementations import implementations
 
 from tlsm import block, scan
 from tlsm.fs import OsFileSystem
@@ -32,19 +32,6 @@ from tlsm.table_writer import TableWriter
 
 END = MAX_SEQ + 1
 VALUE_BYTES = 128
-
-
-def implementations(name, pure_module):
-    """Return pytest params for the extension module and the pure namespace."""
-    try:
-        cython = pytest.param(importlib.import_module("tlsm_ext." + name), id="cython")
-    except ImportError:
-        cython = pytest.param(
-            None,
-            id="cython",
-            marks=pytest.mark.skip(reason=f"tlsm_ext.{name} is not built"),
-        )
-    return [cython, pytest.param(pure_module.PurePython, id="python")]
 
 
 @pytest.fixture(autouse=True)
