@@ -3,10 +3,10 @@
 Every extension has a pure-Python twin in tlsm/, so a build without a C
 compiler still yields a working package when TLSM_PURE_PYTHON=1 is set.
 
-tlsm_ext.writer and tlsm_ext.scan compute checksums with zlib's crc32 when
-zlib.h is found at build time (Debian: zlib1g-dev). Without it, the writer
-uses its own table and the scan module calls Python's zlib; all give the
-same values.
+tlsm_ext.writer, tlsm_ext.scan and tlsm_ext.table_writer compute checksums
+with zlib's crc32 when zlib.h is found at build time (Debian: zlib1g-dev).
+Without it, the writer uses its own table and the other two call Python's
+zlib; all give the same values.
 """
 
 import glob
@@ -19,7 +19,11 @@ from setuptools import Extension, setup
 
 def _zlib_include_dir():
     """Return the directory that holds zlib.h, or None when it is not found."""
-    candidates = [sysconfig.get_config_var("INCLUDEDIR"), "/usr/include", "/usr/local/include"]
+    candidates = [
+        sysconfig.get_config_var("INCLUDEDIR"),
+        "/usr/include",
+        "/usr/local/include",
+    ]
     for variable in ("CPATH", "C_INCLUDE_PATH"):
         candidates += os.environ.get(variable, "").split(os.pathsep)
     for directory in candidates:
@@ -29,7 +33,7 @@ def _zlib_include_dir():
 
 
 # Extensions that cimport tlsm_ext.zlib_crc.
-_USES_ZLIB = ("tlsm_ext.writer", "tlsm_ext.scan")
+_USES_ZLIB = ("tlsm_ext.writer", "tlsm_ext.scan", "tlsm_ext.table_writer")
 
 
 def _extension(path):

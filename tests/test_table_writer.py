@@ -5,12 +5,16 @@ import os
 import random
 
 import pytest
+from twins import implementations, outcome
 
+import tlsm.table_writer
 from tlsm import block
 from tlsm.errors import InvalidArgumentError
 from tlsm.fs import OsFileSystem
 from tlsm.sstable import BlockCache, SSTable
 from tlsm.table_writer import ENTRY_OVERHEAD, TableWriter
+
+DATA_BLOCKS = implementations(tlsm.table_writer, "table_writer", "DataBlocks")
 
 # SHA-256 of the file that seeded_runs(7) gives with block_bytes=512 and no
 # compression, as written when blocks were still encoded from one tuple per
@@ -136,3 +140,54 @@ def test_invalid_entry_raises_codec_error(tmp_path):
         writer.finish(sync=False)
     writer.abandon()
     os.remove(path)
+
+
+@pytest.mark.parametrize("data_blocks", DATA_BLOCKS, ids=lambda c: c.__module__)
+@pytest.mark.parametrize("compression", [False, True])
+@pytest.mark.parametrize("block_bytes", [1, 300, 4096])
+def test_twins_write_the_same_file(
+    tmp_path, monkeypatch, data_blocks, compression, block_bytes
+):
+    runs = seeded_runs(block_bytes + compression)
+    reference = tmp_path / "reference.sst"
+    write_runs(reference, runs, block_bytes, compression, False)
+    monkeypatch.setattr(tlsm.table_writer, "DataBlocks", data_blocks)
+    twin = tmp_path / "twin.sst"
+    write_runs(twin, runs, block_bytes, compression, False)
+    assert twin.read_bytes() == reference.read_bytes()
+    # Compressible values must have taken the LZ4 branch somewhere.
+    assert (
+        not compression
+        or block_bytes == 1
+        or len(twin.read_bytes())
+        < sum(len(value) for *_, values in runs for value in values)
+    )
+
+
+@pytest.mark.parametrize(
+    "bad_run",
+    [
+        (b"\x00b", [5, 4], [1, 1], [0, 0], [b"x", b"y"]),
+        (b"\x00b", [5, 6], [1, 1], [0, 0], [b"x", "text"]),
+        (b"\x00b", [5, 6], [1, 1], [0, -1], [b"x", b"y"]),
+        (b"\x00b", [5, 6], [1, 300], [0, 0], [b"x", b"y"]),
+        (b"", [5], [1], [0], [b"x"]),
+        (b"\x00b", (5, 6), (1, 1), (0, 0), (b"x", b"y")),
+    ],
+)
+def test_twins_reject_invalid_runs_alike(tmp_path, monkeypatch, bad_run):
+    def write(path):
+        writer = TableWriter(OsFileSystem(), str(path), block_bytes=4096)
+        try:
+            writer.add_run(b"\x00a", [1, 2], [1, 1], [0, 0], [b"x", b"y"])
+            writer.add_run(*bad_run)
+            writer.finish(sync=False)
+        finally:
+            writer.abandon()
+        return path.read_bytes()
+
+    results = []
+    for index, data_blocks in enumerate(DATA_BLOCKS):
+        monkeypatch.setattr(tlsm.table_writer, "DataBlocks", data_blocks)
+        results.append(outcome(write, tmp_path / f"{index}.sst"))
+    assert all(result == results[0] for result in results)

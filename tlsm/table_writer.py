@@ -11,17 +11,19 @@ docs/format.md is the full on-disk contract.
 
 Data blocks are encoded straight from the parallel lists of timeline runs
 (tlsm.block.encode_block_runs), so a flush or a merge builds no tuple per
-entry. A block ends at the first entry that brings its ids and values, plus
+entry. DataBlocks, which fills and frames them, has a Cython twin in
+tlsm_ext/table_writer.pyx that writes the same bytes. A block ends at the first entry that brings its ids and values, plus
 12 bytes per entry, to block_bytes. Because that rule fixes where blocks
 split, the same entries always give the same file.
 """
 
 import struct
+import types
 import zlib
 
 import lz4.block
 
-from . import bloom
+from . import _impl, bloom
 from .block import encode_block_runs, run_block_end
 from .errors import InvalidArgumentError
 from .sstable import (
@@ -58,77 +60,47 @@ def _frame(body, compression):
     return body + _trailer(body, compression)
 
 
-class TableWriter:
-    """Writes entries, given in strictly increasing key order, to a new table file.
+class DataBlocks:
+    """The data blocks of a table being written, and the file's write buffer.
 
-    Entries arrive one at a time through add() or as a timeline's run of
-    parallel lists through add_run(); both give the same file. The writer
-    keeps references to the lists passed to add_run() until the block that
-    holds their last entry is written, so callers must not change them
-    before finish().
+    TableWriter adds runs here and reads back what finish() needs: index
+    holds (timeline_id, last_seq, offset, framed size) per block, summary
+    maps each timeline to [first_seq, last_seq, count], offset is the
+    number of bytes appended so far. The writer keeps references to the
+    lists passed to add_run() until the block that holds their last entry
+    is written, so callers must not change them before finish_blocks().
     """
 
-    def __init__(self, fs, path, block_bytes=4096, compression=True):
-        self.path = path
-        self._file = fs.create(path)
-        self._block_bytes = block_bytes
-        self._compression = compression
+    def __init__(self, file, block_bytes, compression):
+        self.file = file
+        self.block_bytes = block_bytes
+        self.compression = compression
         # Run slices of the block being filled:
         # (timeline_id, seqs, kinds, expires, values, start, stop).
         self._pending = []
         self._pending_bytes = 0
         self._buffer = bytearray()
-        self._offset = 0
-        self._index = []
-        self._summary = {}
-        self._tombstones = []
+        self.offset = 0
+        self.index = []
+        self.summary = {}
         self.max_expires_at = 0
         self.entry_count = 0
         self.smallest = None
         self.largest = None
 
-    def add(self, entry):
-        """Add one entry (timeline_id, seq, kind, expires_at, value).
-
-        Raises InvalidArgumentError when entry does not have five fields.
-        Invalid field values raise it later, when their block is written.
-        """
-        if len(entry) != 5:
-            raise InvalidArgumentError(
-                f"entry has {len(entry)} fields, expected 5 (timeline_id, seq, "
-                "kind, expires_at, value)"
-            )
-        timeline_id, seq, kind, expires_at, value = entry
-        span = self._summary.get(timeline_id)
-        if span is None:
-            self._summary[timeline_id] = [seq, seq, 1]
-        else:
-            span[1] = seq
-            span[2] += 1
-        self.entry_count += 1
-        if not expires_at:
-            self.max_expires_at = NEVER_EXPIRES
-        elif expires_at > self.max_expires_at:
-            self.max_expires_at = expires_at
-        self._pending.append((timeline_id, [seq], [kind], [expires_at], [value], 0, 1))
-        self._pending_bytes += len(value) + len(timeline_id) + ENTRY_OVERHEAD
-        if self._pending_bytes >= self._block_bytes:
-            self._finish_block()
-
     def add_run(self, timeline_id, seqs, kinds, expires, values):
         """Add one timeline's entries, given as parallel lists with seqs ascending.
 
-        Writes the same file as add() called per entry. timeline_id must
-        sort after every key added before, or continue the last timeline
-        with higher seqs. Costs O(len(seqs)) in C loops plus a few Python
-        steps per run and per block.
+        timeline_id must sort after every key added before, or continue the
+        last timeline with higher seqs. Costs O(len(seqs)) in C loops plus a
+        few Python steps per run and per block.
         """
         count = len(seqs)
         if not count:
             return
-        span = self._summary.get(timeline_id)
+        span = self.summary.get(timeline_id)
         if span is None:
-            self._summary[timeline_id] = [seqs[0], seqs[-1], count]
+            self.summary[timeline_id] = [seqs[0], seqs[-1], count]
         else:
             span[1] = seqs[-1]
             span[2] += count
@@ -143,27 +115,20 @@ class TableWriter:
             # The first entry that brings the pending block to block_bytes
             # ends it.
             stop, size = run_block_end(
-                values, position, overhead, self._block_bytes - self._pending_bytes
+                values, position, overhead, self.block_bytes - self._pending_bytes
             )
             self._pending.append(
                 (timeline_id, seqs, kinds, expires, values, position, stop)
             )
             self._pending_bytes += size
-            if self._pending_bytes >= self._block_bytes:
+            if self._pending_bytes >= self.block_bytes:
                 self._finish_block()
             position = stop
 
-    def add_summary(self, timeline_id, max_seq):
-        """Record that timeline_id reached max_seq even if no entry of it is kept."""
-        span = self._summary.get(timeline_id)
-        if span is None:
-            self._summary[timeline_id] = [max_seq, max_seq, 0]
-        elif max_seq > span[1]:
-            span[1] = max_seq
-
-    def add_tombstone(self, timeline_id, start, end):
-        """Record the deleted range [start, end) of timeline_id in this file."""
-        self._tombstones.append((timeline_id, start, end))
+    def finish_blocks(self):
+        """Write the block being filled, if it holds anything."""
+        if self._pending:
+            self._finish_block()
 
     def _finish_block(self):
         slices = self._pending
@@ -174,34 +139,109 @@ class TableWriter:
         self.largest = last_key
         body = encode_block_runs(slices)
         compression = COMPRESSION_NONE
-        if self._compression:
+        if self.compression:
             packed = lz4.block.compress(body)
             if len(packed) < len(body) - (len(body) >> 3):
                 body, compression = packed, COMPRESSION_LZ4
-        block_offset = self._offset
+        block_offset = self.offset
         # Body and trailer go to the buffer separately, saving a copy.
-        self._append(body)
-        self._append(_trailer(body, compression))
-        self._index.append(
-            (last_key[0], last_key[1], block_offset, self._offset - block_offset)
+        self.append(body)
+        self.append(_trailer(body, compression))
+        self.index.append(
+            (last_key[0], last_key[1], block_offset, self.offset - block_offset)
         )
         self._pending = []
         self._pending_bytes = 0
 
-    def _append(self, data):
+    def append(self, data):
+        """Append bytes to the file, through the write buffer."""
         self._buffer += data
-        self._offset += len(data)
+        self.offset += len(data)
         if len(self._buffer) >= _WRITE_CHUNK:
-            self._file.write(self._buffer)
+            self.file.write(self._buffer)
             self._buffer = bytearray()
+
+    def write_buffer(self):
+        """Write what the buffer holds to the file."""
+        self.file.write(self._buffer)
+        self._buffer = bytearray()
+
+
+PurePython = types.SimpleNamespace(DataBlocks=DataBlocks)
+
+_extension = _impl.load_extension("table_writer")
+if _extension is not None:
+    DataBlocks = _extension.DataBlocks
+
+
+class TableWriter:
+    """Writes entries, given in strictly increasing key order, to a new table file.
+
+    Entries arrive one at a time through add() or as a timeline's run of
+    parallel lists through add_run(); both give the same file. The writer
+    keeps references to the lists passed to add_run() until the block that
+    holds their last entry is written, so callers must not change them
+    before finish().
+    """
+
+    def __init__(self, fs, path, block_bytes=4096, compression=True):
+        self.path = path
+        self._blocks = DataBlocks(fs.create(path), block_bytes, compression)
+        # add_run(timeline_id, seqs, kinds, expires, values): see
+        # DataBlocks.add_run. Bound here so a run costs no extra call.
+        self.add_run = self._blocks.add_run
+        self._tombstones = []
+
+    @property
+    def entry_count(self):
+        return self._blocks.entry_count
+
+    @property
+    def max_expires_at(self):
+        return self._blocks.max_expires_at
+
+    @property
+    def smallest(self):
+        return self._blocks.smallest
+
+    @property
+    def largest(self):
+        return self._blocks.largest
+
+    def add(self, entry):
+        """Add one entry (timeline_id, seq, kind, expires_at, value).
+
+        Raises InvalidArgumentError when entry does not have five fields.
+        Invalid field values raise it later, when their block is written.
+        """
+        if len(entry) != 5:
+            raise InvalidArgumentError(
+                f"entry has {len(entry)} fields, expected 5 (timeline_id, seq, "
+                "kind, expires_at, value)"
+            )
+        timeline_id, seq, kind, expires_at, value = entry
+        self._blocks.add_run(timeline_id, [seq], [kind], [expires_at], [value])
+
+    def add_summary(self, timeline_id, max_seq):
+        """Record that timeline_id reached max_seq even if no entry of it is kept."""
+        summary = self._blocks.summary
+        span = summary.get(timeline_id)
+        if span is None:
+            summary[timeline_id] = [max_seq, max_seq, 0]
+        elif max_seq > span[1]:
+            span[1] = max_seq
+
+    def add_tombstone(self, timeline_id, start, end):
+        """Record the deleted range [start, end) of timeline_id in this file."""
+        self._tombstones.append((timeline_id, start, end))
 
     def finish(self, sync=True):
         """Write index, summary and footer; sync and close. Returns the file size."""
-        if self._pending:
-            self._finish_block()
+        blocks = self._blocks
+        blocks.finish_blocks()
         index = self._append_meta(
             part
-            for timeline_id, last_seq, offset, size in self._index
+            for timeline_id, last_seq, offset, size in blocks.index
             for part in (
                 _INDEX_ENTRY.pack(len(timeline_id), last_seq, offset, size),
                 timeline_id,
@@ -209,9 +249,9 @@ class TableWriter:
         )
         summary = self._append_meta(
             part
-            for timeline_id in sorted(self._summary)
+            for timeline_id in sorted(blocks.summary)
             for part in (
-                _SUMMARY_ENTRY.pack(len(timeline_id), *self._summary[timeline_id]),
+                _SUMMARY_ENTRY.pack(len(timeline_id), *blocks.summary[timeline_id]),
                 timeline_id,
             )
         )
@@ -220,32 +260,31 @@ class TableWriter:
             for timeline_id, start, end in sorted(self._tombstones)
             for part in (_TOMBSTONE.pack(len(timeline_id), start, end), timeline_id)
         )
-        bloom_filter = self._append_meta([bloom.build(self._summary)])
+        bloom_filter = self._append_meta([bloom.build(blocks.summary)])
         head = _FOOTER_HEAD.pack(
             *index,
             *summary,
             *tombstones,
             *bloom_filter,
-            self.entry_count,
-            self.max_expires_at,
+            blocks.entry_count,
+            blocks.max_expires_at,
             FORMAT_VERSION,
         )
         footer = head + _FOOTER_TAIL.pack(zlib.crc32(head), MAGIC)
-        self._append(footer)
-        self._file.write(self._buffer)
-        self._buffer = bytearray()
+        blocks.append(footer)
+        blocks.write_buffer()
         if sync:
-            self._file.sync()
-        self._file.close()
-        return self._offset
+            blocks.file.sync()
+        blocks.file.close()
+        return blocks.offset
 
     def _append_meta(self, parts):
         """Append one uncompressed block of parts; return (offset, framed size)."""
-        offset = self._offset
+        offset = self._blocks.offset
         block = _frame(b"".join(parts), COMPRESSION_NONE)
-        self._append(block)
+        self._blocks.append(block)
         return offset, len(block)
 
     def abandon(self):
         """Close the file without finishing it; the caller removes it."""
-        self._file.close()
+        self._blocks.file.close()

@@ -1,6 +1,16 @@
 from libc.stdint cimport uint8_t, uint64_t
 
 
+# A growing output buffer: data[0:size] is written, capacity is allocated
+# (with realloc; the owner frees data).
+cdef struct _Writer:
+    uint8_t* data
+    Py_ssize_t size
+    Py_ssize_t capacity
+
+cdef int _reserve(_Writer* writer, Py_ssize_t extra) except -1
+cdef int _encode_slices(_Writer* writer, list slices) except -1
+
 cdef int _read_varint(const uint8_t* buf, Py_ssize_t* pos, Py_ssize_t end,
                       uint64_t* out) noexcept nogil
 cdef list _decode(const uint8_t* buf, Py_ssize_t size)

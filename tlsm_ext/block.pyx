@@ -109,12 +109,6 @@ cdef inline int _read(const uint8_t* buf, Py_ssize_t* pos, Py_ssize_t end,
 # Encoding
 
 
-cdef struct _Writer:
-    uint8_t* data
-    Py_ssize_t size
-    Py_ssize_t capacity
-
-
 cdef int _reserve(_Writer* writer, Py_ssize_t extra) except -1:
     cdef Py_ssize_t capacity
     cdef uint8_t* grown
