@@ -3,10 +3,11 @@
 Every extension has a pure-Python twin in tlsm/, so a build without a C
 compiler still yields a working package when TLSM_PURE_PYTHON=1 is set.
 
-tlsm_ext.writer, tlsm_ext.scan and tlsm_ext.table_writer compute checksums
-with zlib's crc32 when zlib.h is found at build time (Debian: zlib1g-dev).
-Without it, the writer uses its own table and the other two call Python's
-zlib; all give the same values.
+The extensions named in _USES_ZLIB compute checksums with zlib's crc32
+when zlib.h is found at build time (Debian: zlib1g-dev). Without it,
+tlsm_ext.writer uses its own table, tlsm_ext.compact reads every block
+through the Python path, and the others call Python's zlib; all give the
+same values.
 """
 
 import glob
@@ -33,7 +34,12 @@ def _zlib_include_dir():
 
 
 # Extensions that cimport tlsm_ext.zlib_crc.
-_USES_ZLIB = ("tlsm_ext.writer", "tlsm_ext.scan", "tlsm_ext.table_writer")
+_USES_ZLIB = (
+    "tlsm_ext.writer",
+    "tlsm_ext.scan",
+    "tlsm_ext.table_writer",
+    "tlsm_ext.compact",
+)
 
 
 def _extension(path):

@@ -35,12 +35,14 @@ import logging
 import os
 import time
 
-from . import compaction_pick, survivors
+from . import _impl, compaction_pick, survivors
 from . import merge as merge_module
 from .manifest import TableInfo, log_file_name, table_file_name
 from .table_writer import TableWriter
 
 log = logging.getLogger(__name__)
+
+_compact_extension = _impl.load_extension("compact")
 
 
 class Cancelled(Exception):
@@ -93,6 +95,81 @@ class _SideRecords:
             if max_seq is not None:
                 output.writer.add_summary(timeline_id, max_seq)
         self._position = max(self._position, stop)
+
+
+class RunMerge:
+    """A merge through Python objects, with the interface of tlsm_ext's RawMerge.
+
+    Entries of the input tables, newest table first, go through
+    tlsm.merge.merge_entries and tlsm.survivors.surviving_runs. Use it as
+
+        while (key := merge.next_timeline(tombstones)) is not None:
+            size = merge.copy_timeline(data_blocks)
+
+    next_timeline() returns the next timeline that keeps an entry (the
+    tombstones of the first call count), copy_timeline() adds its surviving
+    runs to a tlsm.table_writer.DataBlocks and returns their size.
+    RawMerge (tlsm_ext/compact.pyx) reads the blocks' bytes in place and
+    writes the same files.
+    """
+
+    def __init__(self, tables, now_ms):
+        self._entries = merge_module.merge_entries([t.entries() for t in tables])
+        self._now_ms = now_ms
+        self._counts = {"dropped_expired": 0, "dropped_deleted": 0}
+        self._runs = None
+        self._next = None
+
+    @property
+    def dropped_expired(self):
+        return self._counts["dropped_expired"]
+
+    @property
+    def dropped_deleted(self):
+        return self._counts["dropped_deleted"]
+
+    def next_timeline(self, tombstones):
+        if self._runs is None:
+            self._runs = survivors.surviving_runs(
+                self._entries, tombstones, self._now_ms, self._counts
+            )
+            self._next = next(self._runs, None)
+        return None if self._next is None else self._next[0]
+
+    def close(self):
+        """Stop the merge; RawMerge releases its inputs here."""
+        self._runs = self._entries = self._next = None
+
+    def copy_timeline(self, blocks):
+        key = self._next[0]
+        size = 0
+        while self._next is not None and self._next[0] == key:
+            _, seqs, kinds, expires, values, run_size = self._next
+            blocks.add_run(key, seqs, kinds, expires, values)
+            size += run_size
+            self._next = next(self._runs, None)
+        return size
+
+
+def merge_tables(tables, now_ms, max_pinned):
+    """Return the merge of tables (newest first): RawMerge when built, else RunMerge.
+
+    RawMerge pins every input, and reads blocks in place, only when there
+    are at most max_pinned inputs: a pinned file keeps a descriptor until
+    the merge is closed.
+    """
+    if _compact_extension is None:
+        return RunMerge(tables, now_ms)
+    pin = len(tables) <= max_pinned
+    frames = []
+    try:
+        for table in tables:
+            frames.append(table.pin_frames(pin))
+        return _compact_extension.RawMerge(frames, now_ms)
+    except BaseException:
+        for pinned in frames:
+            pinned.close()
+        raise
 
 
 class _Output:
@@ -184,11 +261,12 @@ class MaintenanceMixin:
             self._abandon_outputs([output])
             raise
 
-    def _write_merged(self, runs, side, split, cancellable):
-        """Write runs (see tlsm.survivors) and side records to new files.
+    def _write_merged(self, merge, tombstones, side, split, cancellable):
+        """Write a merge's survivors and the side records to new files.
 
-        Returns the TableInfos of the files written. With split, a new file
-        starts at the first timeline boundary after a file reaches
+        merge is a RunMerge or a RawMerge, tombstones the deleted intervals
+        it drops. Returns the TableInfos of the files written. With split, a
+        new file starts at the first timeline boundary after a file reaches
         target_file_bytes.
         """
         target_bytes = self._options["target_file_bytes"] if split else None
@@ -196,20 +274,16 @@ class MaintenanceMixin:
         # Finished files are closed at once, so a merge with many outputs
         # keeps one descriptor open. They are removed again if the merge fails.
         infos = []
-        current_key = None
         try:
-            for count, (key, seqs, kinds, expires, values, size) in enumerate(runs):
-                if key != current_key:
-                    side.write_before(output, key)
-                    if target_bytes is not None and output.bytes >= target_bytes:
-                        infos.append(self._finish_output(output))
-                        output = None
-                        output = self._new_output()
-                    current_key = key
-                    output.note_key(key)
-                output.writer.add_run(key, seqs, kinds, expires, values)
-                output.bytes += size
-                if cancellable and not count & 63 and self._closing:
+            while (key := merge.next_timeline(tombstones)) is not None:
+                side.write_before(output, key)
+                if target_bytes is not None and output.bytes >= target_bytes:
+                    infos.append(self._finish_output(output))
+                    output = None
+                    output = self._new_output()
+                output.note_key(key)
+                output.bytes += merge.copy_timeline(output.writer.blocks)
+                if cancellable and self._closing:
                     raise Cancelled()
             side.write_before(output, None)
             infos.append(self._finish_output(output))
@@ -395,12 +469,24 @@ class MaintenanceMixin:
         kept_tombstones = tombstones_to_keep(tables, others)
         with self._visible_lock:
             live_tombstones = self._tombstones
-        counts = {"dropped_expired": 0, "dropped_deleted": 0}
-        merged = merge_module.merge_entries([t.entries() for t in tables])
-        runs = survivors.surviving_runs(merged, live_tombstones, self._now_ms(), counts)
-        outputs = self._write_merged(
-            runs, _SideRecords(kept_tombstones, high_water), job.split, cancellable
+        # Half the open-file budget may be pinned by a merge's inputs.
+        merge = merge_tables(
+            tables, self._now_ms(), self._options["max_open_files"] // 2
         )
+        try:
+            outputs = self._write_merged(
+                merge,
+                live_tombstones,
+                _SideRecords(kept_tombstones, high_water),
+                job.split,
+                cancellable,
+            )
+        finally:
+            merge.close()
+        counts = {
+            "dropped_expired": merge.dropped_expired,
+            "dropped_deleted": merge.dropped_deleted,
+        }
         self._install_job(job, inputs, outputs)
         read_bytes = sum(i.size for i in inputs)
         written = sum(i.size for i in outputs)

@@ -478,7 +478,15 @@ class SSTable:
         index_keys, offsets, sizes = self._index
         for index in range(len(index_keys)):
             body = self._read_framed(offsets[index], sizes[index])
-            yield from block_codec.decode_block(body)
+            try:
+                entries = block_codec.decode_block(body)
+            except CorruptionError as exc:
+                raise self.block_error(index, exc) from None
+            yield from entries
+
+    def pin_frames(self, pin=True):
+        """Return a PinnedFrames over this table's data blocks (for a merge)."""
+        return PinnedFrames(self, pin)
 
     def close(self):
         """Close the file and forget what was read; a later read opens it again."""
@@ -490,6 +498,40 @@ class SSTable:
             self._summary_index = None
             self._index = None
         self._cache.evict_file(self.file_number)
+
+
+class PinnedFrames:
+    """A table's data block frames, for one sequential reader (a merge).
+
+    offsets and sizes are array('Q') of each frame's place in the file.
+    read_body() returns a frame's checked, decompressed body, raising
+    CorruptionError for a damaged one. With pin, the file stays pinned in
+    the open-file cache until close(), so mapping (the read-only memory
+    mapping of a mapped file, else None) stays valid until then; each
+    pinned file holds a descriptor. Without pin, mapping is None and every
+    read goes through the cache. tlsm_ext/compact.pyx reads frames straight
+    from the mapping and calls read_body() for the rest.
+    """
+
+    def __init__(self, table, pin=True):
+        table._load_index()
+        _, self.offsets, self.sizes = table._index
+        self.path = table.path
+        self._table = table
+        self._entry = None
+        self.mapping = None
+        if pin:
+            self._entry = table._open_files.acquire(table.file_number, table._open_file)
+            self.mapping = getattr(self._entry.file, "mapping", None)
+
+    def read_body(self, offset, size):
+        return self._table._read_framed(offset, size)
+
+    def close(self):
+        if self._entry is not None:
+            self.mapping = None
+            self._table._open_files.release(self._entry)
+            self._entry = None
 
 
 class LiveTables(dict):

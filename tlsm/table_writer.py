@@ -186,27 +186,29 @@ class TableWriter:
 
     def __init__(self, fs, path, block_bytes=4096, compression=True):
         self.path = path
-        self._blocks = DataBlocks(fs.create(path), block_bytes, compression)
+        # The data blocks and the write buffer; a merge adds entries to them
+        # directly.
+        self.blocks = DataBlocks(fs.create(path), block_bytes, compression)
         # add_run(timeline_id, seqs, kinds, expires, values): see
         # DataBlocks.add_run. Bound here so a run costs no extra call.
-        self.add_run = self._blocks.add_run
+        self.add_run = self.blocks.add_run
         self._tombstones = []
 
     @property
     def entry_count(self):
-        return self._blocks.entry_count
+        return self.blocks.entry_count
 
     @property
     def max_expires_at(self):
-        return self._blocks.max_expires_at
+        return self.blocks.max_expires_at
 
     @property
     def smallest(self):
-        return self._blocks.smallest
+        return self.blocks.smallest
 
     @property
     def largest(self):
-        return self._blocks.largest
+        return self.blocks.largest
 
     def add(self, entry):
         """Add one entry (timeline_id, seq, kind, expires_at, value).
@@ -220,11 +222,11 @@ class TableWriter:
                 "kind, expires_at, value)"
             )
         timeline_id, seq, kind, expires_at, value = entry
-        self._blocks.add_run(timeline_id, [seq], [kind], [expires_at], [value])
+        self.blocks.add_run(timeline_id, [seq], [kind], [expires_at], [value])
 
     def add_summary(self, timeline_id, max_seq):
         """Record that timeline_id reached max_seq even if no entry of it is kept."""
-        summary = self._blocks.summary
+        summary = self.blocks.summary
         span = summary.get(timeline_id)
         if span is None:
             summary[timeline_id] = [max_seq, max_seq, 0]
@@ -237,7 +239,7 @@ class TableWriter:
 
     def finish(self, sync=True):
         """Write index, summary and footer; sync and close. Returns the file size."""
-        blocks = self._blocks
+        blocks = self.blocks
         blocks.finish_blocks()
         index = self._append_meta(
             part
@@ -280,11 +282,11 @@ class TableWriter:
 
     def _append_meta(self, parts):
         """Append one uncompressed block of parts; return (offset, framed size)."""
-        offset = self._blocks.offset
+        offset = self.blocks.offset
         block = _frame(b"".join(parts), COMPRESSION_NONE)
-        self._blocks.append(block)
+        self.blocks.append(block)
         return offset, len(block)
 
     def abandon(self):
         """Close the file without finishing it; the caller removes it."""
-        self._blocks.file.close()
+        self.blocks.file.close()

@@ -10,6 +10,10 @@ cdef struct _Writer:
 
 cdef int _reserve(_Writer* writer, Py_ssize_t extra) except -1
 cdef int _encode_slices(_Writer* writer, list slices) except -1
+cdef int _put_raw_entry(_Writer* writer, const uint8_t* timeline,
+                        Py_ssize_t timeline_length, bint new_timeline, uint64_t seq,
+                        uint64_t previous_seq, uint64_t kind, uint64_t expires_at,
+                        const uint8_t* value, Py_ssize_t value_length) except -1
 
 cdef int _read_varint(const uint8_t* buf, Py_ssize_t* pos, Py_ssize_t end,
                       uint64_t* out) noexcept nogil

@@ -25,6 +25,8 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy
 
+from tlsm_ext.key_order cimport compare_keys
+
 from tlsm import keys
 from tlsm.errors import CorruptionError, InvalidArgumentError
 
@@ -173,26 +175,27 @@ cdef int _check_bytes(object value, str name, Py_ssize_t index) except -1:
 cdef int _compare_keys(bytes timeline_a, uint64_t seq_a,
                        bytes timeline_b, uint64_t seq_b) noexcept:
     """Return <0, 0 or >0 as key a sorts before, equal to or after key b."""
-    cdef Py_ssize_t length_a = PyBytes_GET_SIZE(timeline_a)
-    cdef Py_ssize_t length_b = PyBytes_GET_SIZE(timeline_b)
-    cdef int result = memcmp(PyBytes_AS_STRING(timeline_a),
-                             PyBytes_AS_STRING(timeline_b),
-                             min(length_a, length_b))
-    if result != 0:
-        return result
-    if length_a != length_b:
-        return -1 if length_a < length_b else 1
-    if seq_a != seq_b:
-        return -1 if seq_a < seq_b else 1
-    return 0
+    return compare_keys(PyBytes_AS_STRING(timeline_a), PyBytes_GET_SIZE(timeline_a),
+                        seq_a, PyBytes_AS_STRING(timeline_b),
+                        PyBytes_GET_SIZE(timeline_b), seq_b)
 
 
 cdef int _put_entry(_Writer* writer, bytes timeline, bint new_timeline,
                     uint64_t seq, uint64_t previous_seq, uint64_t kind,
                     uint64_t expires_at, bytes value) except -1:
     """Append one checked entry to writer in the block layout (see tlsm/block.py)."""
-    cdef Py_ssize_t timeline_length = PyBytes_GET_SIZE(timeline)
-    cdef Py_ssize_t value_length = PyBytes_GET_SIZE(value)
+    return _put_raw_entry(
+        writer, <const uint8_t*>PyBytes_AS_STRING(timeline),
+        PyBytes_GET_SIZE(timeline), new_timeline, seq, previous_seq, kind,
+        expires_at, <const uint8_t*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value),
+    )
+
+
+cdef int _put_raw_entry(_Writer* writer, const uint8_t* timeline,
+                        Py_ssize_t timeline_length, bint new_timeline, uint64_t seq,
+                        uint64_t previous_seq, uint64_t kind, uint64_t expires_at,
+                        const uint8_t* value, Py_ssize_t value_length) except -1:
+    """Append one checked entry, given by pointers, in the block layout."""
     cdef uint64_t tag = kind << TAG_KIND_SHIFT
     cdef uint8_t* out
     # Five varints plus the timeline id and the value.
@@ -203,7 +206,7 @@ cdef int _put_entry(_Writer* writer, bytes timeline, bint new_timeline,
     if new_timeline:
         out += _put_varint(out, tag | TAG_NEW_TIMELINE)
         out += _put_varint(out, <uint64_t>timeline_length)
-        memcpy(out, PyBytes_AS_STRING(timeline), timeline_length)
+        memcpy(out, timeline, timeline_length)
         out += timeline_length
         out += _put_varint(out, seq)
     else:
@@ -212,7 +215,7 @@ cdef int _put_entry(_Writer* writer, bytes timeline, bint new_timeline,
     if expires_at != 0:
         out += _put_varint(out, expires_at)
     out += _put_varint(out, <uint64_t>value_length)
-    memcpy(out, PyBytes_AS_STRING(value), value_length)
+    memcpy(out, value, value_length)
     out += value_length
     writer.size = out - writer.data
     return 0
@@ -584,20 +587,6 @@ cdef struct _Match:
     Py_ssize_t value_length
 
 
-cdef inline int _order(const uint8_t* timeline, Py_ssize_t length, uint64_t seq,
-                       const char* other, Py_ssize_t other_length,
-                       uint64_t other_seq) noexcept nogil:
-    """Return <0, 0 or >0 as key (timeline, seq) sorts before, at or after other."""
-    cdef int result = memcmp(timeline, other, min(length, other_length))
-    if result != 0:
-        return result
-    if length != other_length:
-        return -1 if length < other_length else 1
-    if seq != other_seq:
-        return -1 if seq < other_seq else 1
-    return 0
-
-
 cdef int _find_matches(const uint8_t* buf, Py_ssize_t body_end, uint64_t count,
                        const char* wanted, Py_ssize_t wanted_length,
                        uint64_t start, uint64_t end, bint unbounded,
@@ -760,12 +749,12 @@ cdef object _scan(const uint8_t* buf, Py_ssize_t size, bytes timeline_id,
             ))
         # Whether the next block in scan order may hold more of the range.
         if reverse:
-            return _order(buf + first_at, first_length, first_seq, wanted,
+            return compare_keys(buf + first_at, first_length, first_seq, wanted,
                           wanted_length, start) > 0
         if unbounded:
-            return _order(buf + last_at, last_length, last_seq, wanted, wanted_length,
+            return compare_keys(buf + last_at, last_length, last_seq, wanted, wanted_length,
                           MAX_SEQ) <= 0
-        return _order(buf + last_at, last_length, last_seq, wanted, wanted_length,
+        return compare_keys(buf + last_at, last_length, last_seq, wanted, wanted_length,
                       end) < 0
     finally:
         free(matches)

@@ -11,26 +11,13 @@ from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE
 from libc.stdint cimport uint64_t
-from libc.string cimport memcmp
+
+from tlsm_ext.key_order cimport compare_keys
 
 from tlsm.errors import InvalidArgumentError
 
 cdef uint64_t MAX_SEQ = 0xFFFFFFFFFFFFFFFF
 cdef object _END = object()
-
-
-cdef inline int _compare_keys(const char* timeline_a, Py_ssize_t length_a,
-                              uint64_t seq_a, const char* timeline_b,
-                              Py_ssize_t length_b, uint64_t seq_b) noexcept nogil:
-    """Return <0, 0 or >0 as key a sorts before, equal to or after key b."""
-    cdef int result = memcmp(timeline_a, timeline_b, min(length_a, length_b))
-    if result != 0:
-        return result
-    if length_a != length_b:
-        return -1 if length_a < length_b else 1
-    if seq_a != seq_b:
-        return -1 if seq_a < seq_b else 1
-    return 0
 
 
 cdef object _check_entry(object entry, Py_ssize_t index):
@@ -141,7 +128,7 @@ cdef class _MergeIterator:
         seq = entry[1]
         previous = self._heads[index]
         if previous is not None:
-            order = _compare_keys(
+            order = compare_keys(
                 PyBytes_AS_STRING(timeline), PyBytes_GET_SIZE(timeline), seq,
                 self._timelines[index], self._timeline_lengths[index],
                 self._seqs[index],
@@ -171,7 +158,7 @@ cdef class _MergeIterator:
         return 0
 
     cdef int _compare(self, Py_ssize_t a, Py_ssize_t b) noexcept:
-        return _compare_keys(
+        return compare_keys(
             self._timelines[a], self._timeline_lengths[a], self._seqs[a],
             self._timelines[b], self._timeline_lengths[b], self._seqs[b],
         )
@@ -204,7 +191,7 @@ cdef class _MergeIterator:
 
     cdef bint _top_is_last_key(self) noexcept:
         cdef Py_ssize_t top = self._heap[0]
-        return _compare_keys(
+        return compare_keys(
             self._timelines[top], self._timeline_lengths[top], self._seqs[top],
             self._last_timeline, self._last_timeline_length, self._last_seq,
         ) == 0

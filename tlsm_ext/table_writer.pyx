@@ -7,6 +7,10 @@ encoded into a buffer that is kept from block to block, its frame goes
 straight into the write buffer, and the crc comes from zlib's C function
 when the build found zlib.h. Only the LZ4 call and the bookkeeping of
 each block's index record go through Python objects.
+
+Merges add entries here through add_raw() and note_run(), C methods for
+tlsm_ext.compact that take pointers into the blocks being merged, so a
+merged entry never becomes a Python object.
 """
 
 import zlib
@@ -21,13 +25,14 @@ from cpython.bytes cimport (
     PyBytes_GET_SIZE,
 )
 from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
-from tlsm_ext.block cimport _Writer, _encode_slices
+from tlsm_ext.block cimport _encode_slices, _put_raw_entry, _reserve
 from tlsm_ext.zlib_crc cimport TLSM_CRC_FROM_ZLIB, tlsm_zlib_crc32
 
+from tlsm.errors import InvalidArgumentError
 from tlsm.sstable import COMPRESSION_LZ4, COMPRESSION_NONE, NEVER_EXPIRES
 
 cdef object _lz4_compress = lz4.block.compress
@@ -39,25 +44,11 @@ cdef uint8_t _LZ4 = COMPRESSION_LZ4
 cdef Py_ssize_t ENTRY_OVERHEAD = 12
 cdef Py_ssize_t WRITE_CHUNK = 1 << 20
 cdef Py_ssize_t TRAILER_BYTES = 5
+cdef str _MIXED = "a data block cannot mix run slices and raw entries"
 
 
 cdef class DataBlocks:
     """The data blocks of a table being written; see tlsm.table_writer.DataBlocks."""
-
-    cdef public object file
-    cdef public Py_ssize_t block_bytes
-    cdef public bint compression
-    cdef public Py_ssize_t offset
-    cdef public list index
-    cdef public dict summary
-    cdef public object max_expires_at
-    cdef public Py_ssize_t entry_count
-    cdef public object smallest
-    cdef public object largest
-    cdef list _pending
-    cdef Py_ssize_t _pending_bytes
-    cdef bytearray _buffer
-    cdef _Writer _body
 
     def __init__(self, file, Py_ssize_t block_bytes, compression):
         self.file = file
@@ -73,6 +64,7 @@ cdef class DataBlocks:
         self.entry_count = 0
         self.smallest = None
         self.largest = None
+        self._raw_count = 0
 
     def __dealloc__(self):
         free(self._body.data)
@@ -83,6 +75,8 @@ cdef class DataBlocks:
         cdef Py_ssize_t position = 0, stop, size, overhead
         if not count:
             return
+        if self._raw_count:
+            raise InvalidArgumentError(_MIXED)
         span = self.summary.get(timeline_id)
         if span is None:
             self.summary[timeline_id] = [seqs[0], seqs[count - 1], count]
@@ -113,19 +107,93 @@ cdef class DataBlocks:
         """Write the block being filled, if it holds anything."""
         if self._pending:
             self._finish_block()
+        elif self._raw_count:
+            self._finish_raw_block()
+
+    cdef int add_raw(self, const uint8_t* timeline, Py_ssize_t timeline_length,
+                     uint64_t seq, uint64_t kind, uint64_t expires_at,
+                     const uint8_t* value, Py_ssize_t value_length) except -1:
+        """Add one entry given by pointers, in key order after the last one.
+
+        The caller has checked the fields and the order (a merge reads them
+        from checked blocks) and reports each timeline's entries through
+        note_run(). A block holds either raw entries or run slices.
+        """
+        cdef bint new_timeline
+        if self._pending:
+            raise InvalidArgumentError(_MIXED)
+        new_timeline = (
+            self._raw_count == 0
+            or timeline_length != self._raw_timeline_length
+            or memcmp(timeline, self._raw_timeline, timeline_length) != 0
+        )
+        if self.smallest is None:
+            self.smallest = (
+                PyBytes_FromStringAndSize(<const char*>timeline, timeline_length), seq
+            )
+        _put_raw_entry(&self._body, timeline, timeline_length, new_timeline, seq,
+                       self._raw_seq, kind, expires_at, value, value_length)
+        if new_timeline:
+            if timeline_length > MAX_RAW_TIMELINE:
+                raise InvalidArgumentError(
+                    f"timeline id of {timeline_length} bytes is above the limit "
+                    f"of {MAX_RAW_TIMELINE}"
+                )
+            memcpy(self._raw_timeline, timeline, timeline_length)
+            self._raw_timeline_length = timeline_length
+        self._raw_seq = seq
+        self._raw_count += 1
+        self._pending_bytes += timeline_length + value_length + ENTRY_OVERHEAD
+        if self._pending_bytes >= self.block_bytes:
+            self._finish_raw_block()
+        return 0
+
+    cdef int note_run(self, bytes timeline_id, uint64_t first_seq, uint64_t last_seq,
+                      Py_ssize_t count, bint never_expires,
+                      uint64_t max_expires_at) except -1:
+        """Record count raw entries of timeline_id in the summary, as add_run does."""
+        span = self.summary.get(timeline_id)
+        if span is None:
+            self.summary[timeline_id] = [first_seq, last_seq, count]
+        else:
+            span[1] = last_seq
+            span[2] += count
+        self.entry_count += count
+        if never_expires:
+            self.max_expires_at = _NEVER_EXPIRES
+        elif self.max_expires_at != _NEVER_EXPIRES:
+            self.max_expires_at = max(self.max_expires_at, max_expires_at)
+        return 0
+
+    cdef int _finish_raw_block(self) except -1:
+        cdef uint8_t* out
+        cdef Py_ssize_t count = self._raw_count
+        _reserve(&self._body, 4)
+        out = self._body.data + self._body.size
+        out[0] = count & 0xFF
+        out[1] = (count >> 8) & 0xFF
+        out[2] = (count >> 16) & 0xFF
+        out[3] = (count >> 24) & 0xFF
+        self._body.size += 4
+        body = PyBytes_FromStringAndSize(<char*>self._body.data, self._body.size)
+        last_key = (
+            PyBytes_FromStringAndSize(<const char*>self._raw_timeline,
+                                      self._raw_timeline_length),
+            self._raw_seq,
+        )
+        self._body.size = 0
+        self._raw_count = 0
+        self._pending_bytes = 0
+        return self._emit_block(body, last_key)
 
     cdef int _finish_block(self) except -1:
         cdef list slices = self._pending
         cdef tuple first = slices[0]
         cdef tuple last = slices[len(slices) - 1]
         cdef bytes body
-        cdef const uint8_t* data
-        cdef Py_ssize_t length, block_offset
-        cdef uint8_t compression = _NONE
         if self.smallest is None:
             self.smallest = (first[0], first[1][first[5]])
         last_key = (last[0], last[1][last[6] - 1])
-        self.largest = last_key
         self._body.size = 0
         if _encode_slices(&self._body, slices) == 0:
             body = PyBytes_FromStringAndSize(<char*>self._body.data, self._body.size)
@@ -133,6 +201,16 @@ cdef class DataBlocks:
             # The checked path: the same bytes, or the twin's error.
             from tlsm.block import encode_block_runs
             body = encode_block_runs(slices)
+        self._pending = []
+        self._pending_bytes = 0
+        return self._emit_block(body, last_key)
+
+    cdef int _emit_block(self, bytes body, tuple last_key) except -1:
+        """Compress body if that pays, frame it and record its index entry."""
+        cdef const uint8_t* data
+        cdef Py_ssize_t length, block_offset
+        cdef uint8_t compression = _NONE
+        self.largest = last_key
         if self.compression:
             packed = _lz4_compress(body)
             if len(packed) < len(body) - (len(body) >> 3):
@@ -145,8 +223,6 @@ cdef class DataBlocks:
         self.index.append(
             (last_key[0], last_key[1], block_offset, self.offset - block_offset)
         )
-        self._pending = []
-        self._pending_bytes = 0
         return 0
 
     cdef int _append_frame(self, const uint8_t* data, Py_ssize_t length,
