@@ -67,7 +67,8 @@ def open(path, **options):  # noqa: A001 - mirrors the built-in on purpose
         append(..., sync=False) followed by db.sync() does the same for
         single writes in the other modes.
       sync_interval_ms: period of the "periodic" mode's fsync (100).
-      memtable_bytes: memtable size that triggers a flush (32 MiB).
+      memtable_bytes: memtable size that triggers a flush (64 MiB; one being
+        flushed and one filling can hold twice that).
       block_bytes: target size of a table data block before compression (4 KiB).
       block_cache_bytes: bound of the decoded-block cache (64 MiB).
       max_open_files: table files kept open at once (1000); beyond it the

@@ -16,7 +16,7 @@ COMPACTION_STYLES = ("leveled", "tiered")
 DEFAULT_OPTIONS = {
     "sync": "none",
     "sync_interval_ms": 100,
-    "memtable_bytes": 32 * 1024 * 1024,
+    "memtable_bytes": 64 * 1024 * 1024,
     "block_bytes": 4096,
     "block_cache_bytes": 64 * 1024 * 1024,
     # Table files kept open at once; more are closed least recently used
