@@ -32,6 +32,7 @@ from tlsm_ext.block_lookup cimport (
     prefix_of_bytes,
 )
 from tlsm_ext.little_endian cimport read_u32, read_u64
+from tlsm_ext.table_index cimport SummaryIndex
 from tlsm_ext.zlib_crc cimport TLSM_CRC_FROM_ZLIB, tlsm_zlib_crc32
 
 import lz4.block
@@ -455,7 +456,10 @@ def collect_range(list runs, tuple tables, bytes timeline_id, uint64_t low,
     cdef Py_ssize_t count = 0, i, j, length, first, last
     cdef _Source moving
     cdef list seqs
-    cdef uint64_t span_first, span_last
+    cdef uint64_t span_first, span_last, span_count
+    cdef Py_ssize_t entry
+    cdef const char* key = PyBytes_AS_STRING(timeline_id)
+    cdef Py_ssize_t key_length = PyBytes_GET_SIZE(timeline_id)
     cdef bint high_above_max = high > MAX_SEQ
     # Inclusive upper bounds: high >= 1 because low < high.
     cdef uint64_t last_seq = MAX_SEQ if high_above_max else <uint64_t>(high - 1)
@@ -482,18 +486,27 @@ def collect_range(list runs, tuple tables, bytes timeline_id, uint64_t low,
                 count += 1
         for table in tables:
             # NOTE: once a table has a summary index, SSTable.span() returns
-            # its lookup, and calling the index directly skips a Python frame
-            # per table. This depends on that private attribute of
+            # its lookup, and asking the index in C skips a Python frame and
+            # a tuple per table. This depends on that private attribute of
             # tlsm.sstable; span() serves tables without one.
             summary_index = getattr(table, "_summary_index", None)
-            if summary_index is not None:
-                span = summary_index.get(timeline_id)
+            if type(summary_index) is SummaryIndex:
+                entry = (<SummaryIndex>summary_index).find(key, key_length)
+                if entry < 0:
+                    continue
+                (<SummaryIndex>summary_index).span_of(entry, &span_first,
+                                                       &span_last, &span_count)
             else:
                 span = table.span(timeline_id)
-            if span is None or not (<tuple>span)[2]:
+                if span is None:
+                    continue
+                span_first = (<tuple>span)[0]
+                span_last = (<tuple>span)[1]
+                span_count = (<tuple>span)[2]
+            if not span_count:
                 continue
-            span_first = max(<uint64_t>(<tuple>span)[0], low)
-            span_last = min(<uint64_t>(<tuple>span)[1], last_seq)
+            span_first = max(span_first, low)
+            span_last = min(span_last, last_seq)
             if span_first <= span_last:
                 sources[count].first = span_first
                 sources[count].last = span_last

@@ -1,4 +1,4 @@
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 
 
 cdef struct Slot:
@@ -20,6 +20,9 @@ cdef class SummaryIndex:
     # Lookups answered by binary search while _slots is not built yet.
     cdef Py_ssize_t _searches
 
+    cdef Py_ssize_t find(self, const char* key, Py_ssize_t key_length) except -2
+    cdef void span_of(self, Py_ssize_t start, uint64_t* min_seq, uint64_t* max_seq,
+                      uint64_t* count) noexcept
     cdef int _build_slots(self, const unsigned char* buf) except -1
-    cdef object _search(self, const unsigned char* buf, const char* key,
-                        Py_ssize_t key_length)
+    cdef Py_ssize_t _search(self, const unsigned char* buf, const char* key,
+                            Py_ssize_t key_length) noexcept

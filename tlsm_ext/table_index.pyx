@@ -107,11 +107,21 @@ cdef class SummaryIndex:
 
     def get(self, bytes timeline_id):
         """Return (min_seq, max_seq, count) of timeline_id, or None."""
-        if self._count == 0:
+        cdef Py_ssize_t start = self.find(PyBytes_AS_STRING(timeline_id),
+                                          PyBytes_GET_SIZE(timeline_id))
+        if start < 0:
             return None
+        return _span_at(&self._view[0], start)
+
+    cdef Py_ssize_t find(self, const char* key, Py_ssize_t key_length) except -2:
+        """Return where key's entry starts in the summary body, or -1.
+
+        The entry's min_seq, max_seq and count are the u64s at offsets 2,
+        10 and 18 from that start (see span_of).
+        """
+        if self._count == 0:
+            return -1
         cdef const unsigned char* buf = &self._view[0]
-        cdef const char* key = PyBytes_AS_STRING(timeline_id)
-        cdef Py_ssize_t key_length = PyBytes_GET_SIZE(timeline_id)
         if self._slots == NULL:
             if self._searches < SEARCHES_BEFORE_HASHING:
                 self._searches += 1
@@ -125,17 +135,25 @@ cdef class SummaryIndex:
         while True:
             found = &self._slots[slot]
             if found.entry == 0:
-                return None
+                return -1
             if found.tag == tag:
                 start = self._starts[found.entry - 1]
                 if (read_u16(buf + start) == key_length
                         and memcmp(buf + start + SUMMARY_ENTRY_BYTES, key,
                                    key_length) == 0):
-                    return _span_at(buf, start)
+                    return start
             slot = (slot + 1) & self._mask
 
-    cdef object _search(self, const unsigned char* buf, const char* key,
-                        Py_ssize_t key_length):
+    cdef void span_of(self, Py_ssize_t start, uint64_t* min_seq, uint64_t* max_seq,
+                      uint64_t* count) noexcept:
+        """Store the span of the entry at start, a result of find()."""
+        cdef const unsigned char* buf = &self._view[0]
+        min_seq[0] = read_u64(buf + start + 2)
+        max_seq[0] = read_u64(buf + start + 10)
+        count[0] = read_u64(buf + start + 18)
+
+    cdef Py_ssize_t _search(self, const unsigned char* buf, const char* key,
+                            Py_ssize_t key_length) noexcept:
         # Binary search over the entries, which are in timeline_id order.
         cdef Py_ssize_t low = 0, high = self._count, middle, start, length
         cdef int order
@@ -152,8 +170,8 @@ cdef class SummaryIndex:
             elif order > 0:
                 high = middle
             else:
-                return _span_at(buf, start)
-        return None
+                return start
+        return -1
 
 
 cdef inline tuple _span_at(const unsigned char* buf, Py_ssize_t start):
