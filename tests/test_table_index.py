@@ -81,3 +81,13 @@ def test_summary_index_twins_agree_on_damage():
         assert ext[0] == expected[0]
         if ext[0] == "error":
             assert ext[1] == expected[1]
+
+
+@pytest.mark.parametrize(
+    "implementation", implementations(table_index, "table_index", "SummaryIndex")
+)
+@pytest.mark.parametrize("timeline_id", [None, "a", 7])
+def test_summary_index_rejects_ids_not_bytes(implementation, timeline_id):
+    index = implementation(summary_body({b"a": (1, 2, 2)}))
+    with pytest.raises(TypeError):
+        index.get(timeline_id)

@@ -43,7 +43,12 @@ class SummaryIndex:
 
     def get(self, timeline_id):
         """Return (min_seq, max_seq, count) of timeline_id (bytes), or None."""
-        return self._spans.get(timeline_id)
+        span = self._spans.get(timeline_id)
+        if span is None and not isinstance(timeline_id, bytes):
+            raise TypeError(
+                f"timeline_id must be bytes, not {type(timeline_id).__name__}"
+            )
+        return span
 
 
 PurePython = types.SimpleNamespace(SummaryIndex=SummaryIndex)

@@ -105,7 +105,7 @@ cdef class SummaryIndex:
     def __len__(self):
         return self._count
 
-    def get(self, bytes timeline_id):
+    def get(self, bytes timeline_id not None):
         """Return (min_seq, max_seq, count) of timeline_id, or None."""
         cdef Py_ssize_t start = self.find(PyBytes_AS_STRING(timeline_id),
                                           PyBytes_GET_SIZE(timeline_id))
