@@ -173,6 +173,11 @@ def test_twins_write_the_same_file(
         (b"\x00b", [5, 6], [1, 300], [0, 0], [b"x", b"y"]),
         (b"", [5], [1], [0], [b"x"]),
         (b"\x00b", (5, 6), (1, 1), (0, 0), (b"x", b"y")),
+        # A 4096-byte value ends the block, so the next key, out of order,
+        # opens a block of its own.
+        (b"\x00b", [5, 4], [1, 1], [0, 0], [b"x" * 4096, b"y"]),
+        (b"\x00b", [7, 7], [1, 1], [0, 0], [b"x" * 4096, b"y"]),
+        (b"\x00a", [3, 2], [1, 1], [0, 0], [b"x" * 4096, b"y"]),
     ],
 )
 def test_twins_reject_invalid_runs_alike(tmp_path, monkeypatch, bad_run):
@@ -191,3 +196,14 @@ def test_twins_reject_invalid_runs_alike(tmp_path, monkeypatch, bad_run):
         monkeypatch.setattr(tlsm.table_writer, "DataBlocks", data_blocks)
         results.append(outcome(write, tmp_path / f"{index}.sst"))
     assert all(result == results[0] for result in results)
+
+
+@pytest.mark.parametrize("data_blocks", DATA_BLOCKS, ids=lambda c: c.__module__)
+def test_key_order_checked_across_blocks(tmp_path, monkeypatch, data_blocks):
+    monkeypatch.setattr(tlsm.table_writer, "DataBlocks", data_blocks)
+    writer = TableWriter(OsFileSystem(), str(tmp_path / "000001.sst"), 4096)
+    # The 4096-byte value ends the first block; seq 4 opens the second.
+    writer.add_run(b"\x00b", [5, 4], [1, 1], [0, 0], [b"x" * 4096, b"y"])
+    with pytest.raises(InvalidArgumentError, match="ends the previous block"):
+        writer.finish(sync=False)
+    writer.abandon()

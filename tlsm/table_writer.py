@@ -136,8 +136,9 @@ class DataBlocks:
         if self.smallest is None:
             self.smallest = (first[0], first[1][first[5]])
         last_key = (last[0], last[1][last[6] - 1])
-        self.largest = last_key
         body = encode_block_runs(slices)
+        _check_block_order(self.largest, (first[0], first[1][first[5]]))
+        self.largest = last_key
         compression = COMPRESSION_NONE
         if self.compression:
             packed = lz4.block.compress(body)
@@ -165,6 +166,19 @@ class DataBlocks:
         """Write what the buffer holds to the file."""
         self.file.write(self._buffer)
         self._buffer = bytearray()
+
+
+def _check_block_order(previous, first):
+    """Raise InvalidArgumentError unless key first sorts after key previous.
+
+    The codec checks order within a block; this checks it across blocks.
+    previous is None for a file's first block.
+    """
+    if previous is not None and first <= previous:
+        raise InvalidArgumentError(
+            f"key {first!r} does not follow the key {previous!r} that ends the "
+            "previous block, in strictly increasing (timeline_id, seq) order"
+        )
 
 
 PurePython = types.SimpleNamespace(DataBlocks=DataBlocks)

@@ -201,6 +201,7 @@ cdef class DataBlocks:
             # The checked path: the same bytes, or the twin's error.
             from tlsm.block import encode_block_runs
             body = encode_block_runs(slices)
+        _check_block_order(self.largest, (first[0], first[1][first[5]]))
         self._pending = []
         self._pending_bytes = 0
         return self._emit_block(body, last_key)
@@ -283,3 +284,13 @@ cdef tuple _block_end(object values, Py_ssize_t start, Py_ssize_t overhead,
         if size >= room:
             break
     return stop, size
+
+
+cdef int _check_block_order(object previous, tuple first) except -1:
+    """Raise InvalidArgumentError unless key first sorts after key previous."""
+    if previous is not None and first <= previous:
+        raise InvalidArgumentError(
+            f"key {first!r} does not follow the key {previous!r} that ends the "
+            "previous block, in strictly increasing (timeline_id, seq) order"
+        )
+    return 0
