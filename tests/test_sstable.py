@@ -166,9 +166,15 @@ def test_damaged_block_frame_fails_every_read(tmp_path, read, damage):
     path.write_bytes(bytes(data))
     with (
         tlsm.open(tmp_path) as db,
-        pytest.raises(CorruptionError, match=f"checksum mismatch at offset {offset}"),
+        pytest.raises(
+            CorruptionError, match=f"checksum mismatch at offset {offset}"
+        ) as caught,
     ):
         READS[read](db)
+    # The file and offset are named once, not wrapped in a second message.
+    assert str(caught.value) == (
+        f"sstable {path}: block checksum mismatch at offset {offset}"
+    )
 
 
 @pytest.mark.parametrize("read", sorted(READS))

@@ -341,8 +341,10 @@ class SSTable:
 
     def read_block(self, index):
         """Return the decoded entries of data block number index."""
+        # read_body() raises this table's CorruptionError for a damaged frame.
+        body = self.read_body(index)
         try:
-            return block_codec.decode_block(self.read_body(index))
+            return block_codec.decode_block(body)
         except CorruptionError as exc:
             raise self.block_error(index, exc) from None
 
