@@ -7,8 +7,11 @@ skipped only when its extension is not built.
 """
 
 import random
+import subprocess
+import sys
 
 import pytest
+from conftest import REPO, server_env
 from twins import load_extension, outcome
 
 from tlsm import block, merge, resp, survivors
@@ -426,3 +429,23 @@ def test_surviving_runs_twins():
         kept = sum(len(run[1]) for run in expected[0])
         dropped = sum(expected[1].values())
         assert kept + dropped <= len(entries)
+
+
+# Import order
+
+
+EXTENSION_MODULES = sorted(path.stem for path in (REPO / "tlsm_ext").glob("*.pyx"))
+
+
+@pytest.mark.parametrize("name", EXTENSION_MODULES)
+def test_extension_imports_before_tlsm(name):
+    # A fresh interpreter whose first import is the extension itself.
+    load_extension(name)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import tlsm_ext.{name}"],
+        check=False,
+        capture_output=True,
+        env=server_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr.decode()[-1500:]
