@@ -74,13 +74,36 @@ def test_summary_index_twins_agree_on_damage():
         data = bytes(cut)
         expected = outcome(scan.PurePython.parse_summary, data)
         assert outcome(lambda d: dict(pure(d)._spans), data) == expected
-        # A damaged id may break the sort order that the binary search
-        # relies on (the block checksum rejects such bodies before), so only
-        # the errors are compared.
+        assert outcome(scan.parse_summary, data) == expected
+        # Ids out of order are rejected, so an accepted body gives every
+        # lookup the twin's answer, by binary search and by hash.
         ext = outcome(extension, data)
-        assert ext[0] == expected[0]
-        if ext[0] == "error":
-            assert ext[1] == expected[1]
+        if expected[0] == "error":
+            assert ext[:3] == expected[:3]
+            continue
+        assert ext[0] == "ok"
+        spans = expected[1]
+        for _ in range(2):
+            assert {key: ext[1].get(key) for key in spans} == spans
+            for _ in range(40):
+                assert ext[1].get(b"absent") == spans.get(b"absent")
+
+
+@pytest.mark.parametrize(
+    "implementation", implementations(table_index, "table_index", "SummaryIndex")
+)
+@pytest.mark.parametrize("ids", [[b"a", b"a"], [b"b", b"a"], [b"ab", b"a"]])
+def test_summary_ids_out_of_order_are_rejected(implementation, ids):
+    entries = [_SUMMARY_ENTRY.pack(len(i), 1, 2, 2) + i for i in ids]
+    body = b"".join(entries)
+    problem = ("summary timeline id not above the previous one", len(entries[0]))
+    with pytest.raises(ValueError) as caught:
+        implementation(body)
+    assert caught.value.args == problem
+    for parse in (scan.PurePython.parse_summary, scan.parse_summary):
+        with pytest.raises(ValueError) as caught:
+            parse(body)
+        assert caught.value.args == problem
 
 
 @pytest.mark.parametrize(

@@ -93,22 +93,27 @@ def parse_index(body):
 def parse_summary(body):
     """Parse a table's summary body into {timeline_id: (min_seq, max_seq, count)}.
 
-    Raises ValueError(problem, position) for a truncated or overrunning body.
+    Raises ValueError(problem, position) for a truncated or overrunning body,
+    and for timeline ids not in strictly increasing order.
     """
     data = bytes(body)
     pos, end = 0, len(data)
     summary = {}
     unpack = _SUMMARY_ENTRY.unpack_from
     entry_size = _SUMMARY_ENTRY.size
+    previous = None
     while pos < end:
         if pos + entry_size > end:
             raise ValueError("truncated summary entry", pos)
         timeline_length, min_seq, max_seq, count = unpack(data, pos)
-        pos += entry_size
-        if pos + timeline_length > end:
+        if pos + entry_size + timeline_length > end:
             raise ValueError("summary overruns its block", 0)
-        summary[data[pos : pos + timeline_length]] = (min_seq, max_seq, count)
-        pos += timeline_length
+        timeline_id = data[pos + entry_size : pos + entry_size + timeline_length]
+        if previous is not None and timeline_id <= previous:
+            raise ValueError("summary timeline id not above the previous one", pos)
+        summary[timeline_id] = (min_seq, max_seq, count)
+        previous = timeline_id
+        pos += entry_size + timeline_length
     return summary
 
 

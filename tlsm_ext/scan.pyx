@@ -32,7 +32,7 @@ from tlsm_ext.block_lookup cimport (
     prefix_of_bytes,
 )
 from tlsm_ext.little_endian cimport read_u32, read_u64
-from tlsm_ext.table_index cimport SummaryIndex
+from tlsm_ext.table_index cimport SummaryIndex, summary_id_rises
 from tlsm_ext.zlib_crc cimport TLSM_CRC_FROM_ZLIB, tlsm_zlib_crc32
 
 import lz4.block
@@ -150,6 +150,7 @@ def parse_summary(body):
     cdef bytes data = bytes(body)
     cdef const unsigned char* buf = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(data), length
+    cdef Py_ssize_t previous = -1
     cdef dict summary = {}
     while pos < end:
         if pos + SUMMARY_ENTRY_BYTES > end:
@@ -157,6 +158,9 @@ def parse_summary(body):
         length = buf[pos] | (buf[pos + 1] << 8)
         if pos + SUMMARY_ENTRY_BYTES + length > end:
             raise ValueError("summary overruns its block", 0)
+        if previous >= 0 and not summary_id_rises(buf, previous, pos):
+            raise ValueError("summary timeline id not above the previous one", pos)
+        previous = pos
         summary[PyBytes_FromStringAndSize(
             <const char*>buf + pos + SUMMARY_ENTRY_BYTES, length)] = (
             read_u64(buf + pos + 2), read_u64(buf + pos + 10), read_u64(buf + pos + 18))

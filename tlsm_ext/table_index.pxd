@@ -1,4 +1,7 @@
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcmp
+
+from tlsm_ext.little_endian cimport read_u16
 
 
 cdef struct Slot:
@@ -26,3 +29,14 @@ cdef class SummaryIndex:
     cdef int _build_slots(self, const unsigned char* buf) except -1
     cdef Py_ssize_t _search(self, const unsigned char* buf, const char* key,
                             Py_ssize_t key_length) noexcept
+
+
+cdef inline bint summary_id_rises(const unsigned char* buf, Py_ssize_t previous,
+                                  Py_ssize_t start) noexcept:
+    """Return whether the id of the summary entry at start sorts above the one
+    at previous (entries: a u16 length, three u64s, then the id)."""
+    cdef Py_ssize_t length_a = read_u16(buf + previous)
+    cdef Py_ssize_t length_b = read_u16(buf + start)
+    cdef int order = memcmp(buf + previous + 26, buf + start + 26,
+                            length_a if length_a < length_b else length_b)
+    return order < 0 or (order == 0 and length_a < length_b)

@@ -70,6 +70,8 @@ cdef class SummaryIndex:
                 raise ValueError("truncated summary entry", pos)
             if pos + SUMMARY_ENTRY_BYTES + read_u16(buf + pos) > end:
                 raise ValueError("summary overruns its block", 0)
+            if count and not summary_id_rises(buf, self._starts[count - 1], pos):
+                raise ValueError("summary timeline id not above the previous one", pos)
             self._starts[count] = pos
             count += 1
             pos += SUMMARY_ENTRY_BYTES + read_u16(buf + pos)
