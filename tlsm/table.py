@@ -12,6 +12,7 @@ from .errors import InvalidArgumentError
 
 OP_APPEND = 0
 OP_DELETE = 1
+_MAX_ID_BYTES = keys.MAX_TIMELINE_ID_BYTES
 
 
 def check_ttl(ttl):
@@ -74,6 +75,9 @@ class Table:
 
     def key(self, timeline_id):
         """Return the stored key of timeline_id in this table (validates the id)."""
+        # Plain bytes of a valid length need no conversion.
+        if type(timeline_id) is bytes and 0 < len(timeline_id) <= _MAX_ID_BYTES:
+            return self._prefix + timeline_id
         return self._prefix + keys.encode_timeline_id(timeline_id)
 
     def _expires_at(self, ttl):
