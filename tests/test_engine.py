@@ -2,10 +2,12 @@
 
 import os
 import threading
+import time
 
 import pytest
 
 import tlsm
+from tlsm import compaction
 from tlsm.errors import ClosedError, InvalidArgumentError, StorageIOError
 
 
@@ -129,6 +131,71 @@ def test_use_after_close_raises(tmp_path):
         db.append("t", b"y")
     with pytest.raises(ClosedError):
         db.get("t", 1)
+
+
+class _SlowMerge:
+    """A compaction merge that sets started and sleeps 1 ms per timeline."""
+
+    def __init__(self, merge, started):
+        self._merge = merge
+        self._started = started
+
+    def __getattr__(self, name):
+        return getattr(self._merge, name)
+
+    def copy_timeline(self, blocks):
+        self._started.set()
+        time.sleep(0.001)
+        return self._merge.copy_timeline(blocks)
+
+
+def test_close_waits_for_compact_of_another_thread(tmp_path, monkeypatch):
+    path = tmp_path / "db"
+    db = tlsm.open(path, memtable_bytes=64 * 1024)
+    for number in range(6000):
+        db.append(f"t{number % 600:03d}", b"x" * 40)
+    db.flush()
+    started = threading.Event()
+    real_merge_tables = compaction.merge_tables
+    monkeypatch.setattr(
+        compaction,
+        "merge_tables",
+        lambda *args: _SlowMerge(real_merge_tables(*args), started),
+    )
+    outcomes = []
+
+    def compact():
+        try:
+            db.compact()
+            outcomes.append("done")
+        except ClosedError as exc:
+            outcomes.append(exc)
+
+    thread = threading.Thread(target=compact)
+    thread.start()
+    assert started.wait(10)
+    db.close()
+    files_at_close = sorted(os.listdir(path))
+    thread.join(10)
+    # The 600 timelines take 0.6 s or more: close() cut the merge short,
+    # and nothing touched the directory after it returned.
+    assert len(outcomes) == 1
+    assert isinstance(outcomes[0], ClosedError)
+    assert "closed during compact()" in str(outcomes[0])
+    assert sorted(os.listdir(path)) == files_at_close
+    monkeypatch.undo()
+    with tlsm.open(path) as reopened:
+        counts = [len(list(reopened.scan(f"t{n:03d}"))) for n in range(600)]
+        assert counts == [10] * 600
+        assert reopened.append("t000", b"y") == 11
+
+
+def test_compact_after_close_raises(tmp_path):
+    db = tlsm.open(tmp_path / "db")
+    db.append("t", b"x")
+    db.close()
+    with pytest.raises(ClosedError):
+        db.compact()
 
 
 def test_second_open_of_directory_is_rejected(db):

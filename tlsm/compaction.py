@@ -37,6 +37,7 @@ import time
 
 from . import _impl, compaction_pick, survivors
 from . import merge as merge_module
+from .errors import ClosedError
 from .manifest import TableInfo, log_file_name, table_file_name
 from .table_writer import TableWriter
 
@@ -430,11 +431,15 @@ class MaintenanceMixin:
         """Flush, then merge every table into the last level, dropping dead data.
 
         Runs in the calling thread. Afterwards no deleted or expired entry
-        and no tombstone takes space on disk.
+        and no tombstone takes space on disk. A close() from another thread
+        stops the merge at its next timeline and waits for it; compact()
+        then raises ClosedError, and the tables stay as they were.
         """
         self.flush()
         with self._compaction_lock:
             with self._work:
+                if self._closing or self._closed:
+                    raise ClosedError(f"database {self.path} is closed")
                 levels = self._manifest.levels
                 inputs = {i: list(level) for i, level in enumerate(levels) if level}
                 tiered = self._manifest.compaction_style == "tiered"
@@ -443,7 +448,13 @@ class MaintenanceMixin:
                 job = compaction_pick.Job(
                     inputs, target, split=not tiered, reason="compact()"
                 )
-                self._run_job(job, cancellable=False)
+                try:
+                    self._run_job(job, cancellable=True)
+                except Cancelled:
+                    raise ClosedError(
+                        f"database {self.path} was closed during compact(); the "
+                        "merge was abandoned and the tables stay as they were"
+                    ) from None
 
     def _run_job(self, job, cancellable):
         """Carry out job: move or merge its inputs into its target level."""

@@ -487,9 +487,10 @@ class DB(RecoveryMixin, ReadMixin, CommitMixin, MaintenanceMixin):
     def close(self):
         """Flush the memtable, stop background work and release the directory.
 
-        A background compaction in progress is abandoned (its inputs stay
-        live), so close does not wait for it. Calling close() again does
-        nothing.
+        A compaction in progress, in the background or in a compact() call
+        of another thread, is abandoned at its next timeline (its inputs
+        stay live), and close() waits only for that. Calling close() again
+        does nothing.
         """
         if self._closed:
             return
@@ -506,6 +507,9 @@ class DB(RecoveryMixin, ReadMixin, CommitMixin, MaintenanceMixin):
                 self._work.notify_all()
             for thread in self._threads:
                 thread.join()
+            # A compact() of another thread stops at its next timeline.
+            with self._compaction_lock:
+                pass
             self._stop_syncer.set()
             if self._syncer is not None:
                 self._syncer.join()
