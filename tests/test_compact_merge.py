@@ -12,9 +12,10 @@ import zlib
 import pytest
 from twins import load_extension
 
+import tlsm
 import tlsm.table_writer
 from tlsm import compaction, keys
-from tlsm.errors import CorruptionError
+from tlsm.errors import CorruptionError, StorageIOError
 from tlsm.fs import OsFileSystem
 from tlsm.open_files import OpenFileCache
 from tlsm.sstable import COMPRESSION_NONE, BlockCache, SSTable
@@ -134,11 +135,10 @@ def test_raw_merge_keeps_newest_copy(tmp_path):
     assert list(output.entries()) == [(b"\x00a", 6, 1, 0, b"x")]
 
 
-def _damage_first_block(path, change):
-    """Apply change to the first block's body and give it a valid checksum."""
-    table = _tables([path])[0]
-    frames = table.pin_frames()
-    offset, size = frames.offsets[0], frames.sizes[0]
+def _damage_block(path, index, change):
+    """Apply change to block index's body, give it a valid checksum, return its offset."""
+    frames = _tables([path])[0].pin_frames()
+    offset, size = frames.offsets[index], frames.sizes[index]
     frames.close()
     data = bytearray(path.read_bytes())
     body = bytearray(data[offset : offset + size - 5])
@@ -173,7 +173,7 @@ def test_raw_merge_reports_damaged_blocks(tmp_path, damage, pin):
     path = tmp_path / "000001.sst"
     # Two entries of one timeline: tag, id, seq, value; then a delta entry.
     _write_input(path, [(b"\x00a", 1, 1, 0, b"v1"), (b"\x00a", 2, 1, 0, b"v2")], False)
-    offset = _damage_first_block(path, DAMAGE[damage])
+    offset = _damage_block(path, 0, DAMAGE[damage])
     merge = extension.RawMerge([t.pin_frames(pin) for t in _tables([path])], NOW_MS)
     with pytest.raises(CorruptionError) as caught:
         _merge_to_file(merge, {}, tmp_path / "raw.sst")
@@ -215,3 +215,61 @@ def test_raw_merge_pins_inputs_until_closed(tmp_path):
     assert all(entry.pins == 0 for entry in files._items.values())
     with pytest.raises(ValueError, match="closed"):
         merge.next_timeline({})
+
+
+@pytest.mark.parametrize("first_seq", [5, 3], ids=["repeated", "lower"])
+def test_merges_report_keys_out_of_order_across_blocks(tmp_path, first_seq):
+    extension = load_extension("compact")
+    path = tmp_path / "000001.sst"
+    # The 300-byte value ends the first block (256 bytes), so (a, 6) opens
+    # the second, whose first entry is: tag, id length, id, seq, value.
+    _write_input(
+        path,
+        [
+            (b"\x00a", 1, 1, 0, b"v"),
+            (b"\x00a", 5, 1, 0, b"x" * 300),
+            (b"\x00a", 6, 1, 0, b"w"),
+        ],
+        False,
+    )
+
+    def rewrite(body):
+        assert body[:5] == bytes([0x05, 2]) + b"\x00a" + bytes([6])
+        body[4] = first_seq
+
+    offset = _damage_block(path, 1, rewrite)
+    for merge in (
+        extension.RawMerge([t.pin_frames() for t in _tables([path])], NOW_MS),
+        compaction.RunMerge(_tables([path]), NOW_MS),
+    ):
+        with pytest.raises(
+            CorruptionError, match="previous block's last key"
+        ) as caught:
+            _merge_to_file(merge, {}, tmp_path / "out.sst")
+        assert caught.value.path == str(path)
+        assert caught.value.offset == offset
+
+
+def test_damaged_table_in_background_merge_names_the_check(tmp_path):
+    options = {"memtable_bytes": 4096, "block_bytes": 256, "compression": False}
+    path = tmp_path / "db"
+    with tlsm.open(path, level_fanout=100, l0_stop_files=200, **options) as db:
+        for number in range(3):
+            for seq in range(40):
+                db.append(f"t{seq % 4}", b"v" * 30)
+            db.flush()
+    (victim,) = sorted(path.glob("*.sst"))[:1]
+    _damage_block(victim, 0, DAMAGE["count zero"])
+    db = tlsm.open(path, level_fanout=2, **options)
+    try:
+        # The flush ends the wait after open; the merge then reads the victim.
+        db.append("t0", b"w")
+        db.flush()
+        with pytest.raises(StorageIOError) as caught:
+            db.wait_for_compaction(timeout=30)
+        assert str(victim) in str(caught.value)
+        assert f"tools/inspect_data.py {path} --verify" in str(caught.value)
+        with pytest.raises(StorageIOError, match="writes are disabled"):
+            db.append("t0", b"w")
+    finally:
+        db.close()

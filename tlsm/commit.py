@@ -24,7 +24,7 @@ import threading
 import time
 
 from . import keys
-from .errors import ClosedError, InvalidArgumentError, StorageIOError
+from .errors import ClosedError, CorruptionError, InvalidArgumentError, StorageIOError
 from .memtable import Memtable
 from .table import OP_APPEND, check_sync_flag
 from .wal import encode_batch
@@ -298,9 +298,16 @@ class CommitMixin:
                 f"({self._log.broken}); reopen the database"
             )
         if self._background_error is not None:
+            advice = "reopen the database"
+            if isinstance(self._background_error, CorruptionError):
+                # Reopening alone meets the same table at the next merge.
+                advice = (
+                    "find the damaged table with python tools/inspect_data.py "
+                    f"{self.path} --verify before reopening"
+                )
             raise StorageIOError(
                 f"background work failed ({self._background_error}); writes are "
-                "disabled, acknowledged data is safe in the log; reopen the database"
+                f"disabled, acknowledged data is safe in the log; {advice}"
             )
 
     def _make_room(self):

@@ -475,15 +475,26 @@ class SSTable:
             index -= 1
 
     def entries(self):
-        """Iterate every entry of the file in key order; used by compaction."""
+        """Iterate every entry of the file in key order; used by compaction.
+
+        Raises CorruptionError for a block that does not decode or whose
+        first key does not sort above the previous block's last key.
+        """
         self._load_index()
         index_keys, offsets, sizes = self._index
+        last_key = None
         for index in range(len(index_keys)):
             body = self._read_framed(offsets[index], sizes[index])
             try:
                 entries = block_codec.decode_block(body)
+                if entries and last_key is not None and entries[0][:2] <= last_key:
+                    raise CorruptionError(
+                        "first key not above the previous block's last key"
+                    )
             except CorruptionError as exc:
                 raise self.block_error(index, exc) from None
+            if entries:
+                last_key = entries[-1][:2]
             yield from entries
 
     def pin_frames(self, pin=True):
