@@ -274,6 +274,10 @@ def test_replay_limit_and_one_device(server):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "200 messages" in result.stdout
     assert "verify: OK, 1 histories" in result.stdout
+    # No conversation reached the read fan-out threshold.
+    assert (
+        "read fan-out path: 0 delivered, no entries read per message" in result.stdout
+    )
 
 
 def test_replay_read_fanout_and_threads(server, tmp_path):

@@ -166,7 +166,9 @@ class ReportMixin:
             return after.get(name, 0) - before.get(name, 0)
 
         def per(numerator, denominator):
-            return numerator / denominator if denominator else float("nan")
+            if not denominator:
+                return "no"
+            return f"{numerator / denominator:.2f}"
 
         write_delivered = delta("delivered_write_fanout")
         read_delivered = delta("delivered_read_fanout")
@@ -182,13 +184,13 @@ class ReportMixin:
         )
         write_path = (
             f"write fan-out path: {write_delivered} delivered, "
-            f"{per(write_reads, write_delivered):.2f} entries read per message "
+            f"{per(write_reads, write_delivered)} entries read per message "
             f"({delta('sync_entries_read')} sync, "
             f"{delta('store_entries_read_write_fanout')} store)"
         )
         read_path = (
             f"read fan-out path: {read_delivered} delivered, "
-            f"{per(delta('store_entries_read_read_fanout'), read_delivered):.2f} "
+            f"{per(delta('store_entries_read_read_fanout'), read_delivered)} "
             "entries read per message (store entries only)"
         )
         return [written, write_path, read_path]
