@@ -179,10 +179,10 @@ def test_raw_merge_reports_damaged_blocks(tmp_path, damage, pin):
         _merge_to_file(merge, {}, tmp_path / "raw.sst")
     assert caught.value.path == str(path)
     assert caught.value.offset == offset
-    assert str(caught.value).startswith(f"sstable {path}: undecodable data block (")
+    assert str(caught.value).startswith(f"sstable {path}: damaged data block (")
     assert str(caught.value).endswith(f") at offset {offset}")
     # The Python merge rejects the same blocks.
-    with pytest.raises(CorruptionError, match="undecodable data block") as caught:
+    with pytest.raises(CorruptionError, match="damaged data block") as caught:
         _merge_to_file(
             compaction.RunMerge(_tables([path]), NOW_MS), {}, tmp_path / "run.sst"
         )

@@ -14,6 +14,7 @@ import pytest
 from twins import load_extension, outcome
 
 import tlsm
+import tlsm.table_writer
 from tlsm import block, keys, scan
 from tlsm.fs import OsFileSystem
 from tlsm.keys import KIND_PUT, MAX_SEQ
@@ -463,3 +464,47 @@ def test_overlapping_sources_are_merged(tmp_path):
         assert [seq for seq, _ in reverse] == [24, 23, 22, 21, 20, 19]
         assert dict(reverse)[20] == b"memtable20"
         assert dict(db.scan("t"))[20] == b"memtable20"
+
+
+def write_overlapping_blocks(path, monkeypatch):
+    """Write a table whose second block goes back to seqs the first one holds.
+
+    TableWriter refuses that, so its check is switched off for this file:
+    the table stands for one damaged on disk with valid checksums.
+    """
+    monkeypatch.setattr(
+        tlsm.table_writer, "DataBlocks", tlsm.table_writer.PurePython.DataBlocks
+    )
+    monkeypatch.setattr(tlsm.table_writer, "_check_block_order", lambda *args: None)
+    writer = TableWriter(OsFileSystem(), str(path), block_bytes=96)
+    # Entries count 54 bytes each, so a block ends after two of them.
+    writer.add_run(b"\x00a", [1, 2], [KIND_PUT] * 2, [0] * 2, [b"x" * 40] * 2)
+    writer.add_run(b"\x00a", [2, 3, 4], [KIND_PUT] * 3, [0] * 3, [b"y" * 40] * 3)
+    writer.finish()
+    monkeypatch.undo()
+    table = SSTable(
+        OsFileSystem(), str(path), 1, os.path.getsize(path), scan.BlockCache(1 << 20)
+    )
+    table.load()
+    assert len(table.index_keys) > 1
+    return table
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_reads_reject_blocks_out_of_order(tmp_path, monkeypatch, reverse):
+    extension = load_extension("scan")
+    table = write_overlapping_blocks(tmp_path / "000001.sst", monkeypatch)
+    for function in (extension.collect_table, scan.PurePython.collect_table):
+        with pytest.raises(tlsm.CorruptionError, match="out of order") as caught:
+            function(table, b"\x00a", 0, END, reverse, 0, 100, [])
+        assert caught.value.path == table.path
+    with pytest.raises(tlsm.CorruptionError, match="outside the block's range"):
+        list(table.scan(b"\x00a", 0, END, reverse))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lazy_chunks_reject_blocks_out_of_order(tmp_path, monkeypatch, reverse):
+    table = write_overlapping_blocks(tmp_path / "000001.sst", monkeypatch)
+    with pytest.raises(tlsm.CorruptionError, match="out of order") as caught:
+        list(table.chunks(b"\x00a", 0, END, reverse, 0))
+    assert caught.value.path == table.path

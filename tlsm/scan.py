@@ -204,6 +204,7 @@ def _collect_table_span(table, timeline_id, first, last, reverse, now_ms, limit,
         index = bisect.bisect_left(index_keys, (timeline_id, first))
     while 0 <= index < block_count and len(out) < target:
         body = table.read_body(index)
+        count = len(out)
         try:
             more = block.scan_block(
                 body,
@@ -215,6 +216,8 @@ def _collect_table_span(table, timeline_id, first, last, reverse, now_ms, limit,
                 target - len(out),
                 out,
             )
+            if before < count < len(out):
+                check_seq_order(out[count - 1][0], out[count][0], reverse)
         except CorruptionError as exc:
             raise table.block_error(index, exc) from None
         if not more:
@@ -228,6 +231,19 @@ def _collect_table_span(table, timeline_id, first, last, reverse, now_ms, limit,
                 break
             index += 1
     return len(out) - before
+
+
+def check_seq_order(previous, seq, reverse):
+    """Raise CorruptionError unless seq, read from a new block, goes on from previous.
+
+    A table's blocks hold disjoint, ordered key ranges, so the first seq a
+    read takes from a block must be above (below, in reverse) the last one
+    it took from the block before.
+    """
+    if seq <= previous if not reverse else seq >= previous:
+        raise CorruptionError(
+            f"seq {seq} read after seq {previous} of the previous block is out of order"
+        )
 
 
 def find_sources(runs, tables, timeline_id, low, high, memory_end):

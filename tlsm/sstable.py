@@ -335,16 +335,25 @@ class SSTable:
         return body
 
     def block_error(self, index, exc):
-        """Return the CorruptionError for data block index that failed to decode."""
+        """Return the CorruptionError for data block index; exc gives the damage."""
         offset = self._block_offsets[index]
-        return self._corrupt(f"undecodable data block ({exc})", offset)
+        return self._corrupt(f"damaged data block ({exc})", offset)
 
     def read_block(self, index):
         """Return the decoded entries of data block number index."""
         # read_body() raises this table's CorruptionError for a damaged frame.
         body = self.read_body(index)
         try:
-            return block_codec.decode_block(body)
+            entries = block_codec.decode_block(body)
+            # The index holds each block's last key, so a block's keys lie
+            # above the previous block's index key and end at its own.
+            index_keys = self.index_keys
+            if entries and (
+                entries[-1][:2] != index_keys[index]
+                or (index and entries[0][:2] <= index_keys[index - 1])
+            ):
+                raise CorruptionError("keys outside the block's range in the index")
+            return entries
         except CorruptionError as exc:
             raise self.block_error(index, exc) from None
 
@@ -417,12 +426,19 @@ class SSTable:
         else:
             index = bisect.bisect_left(index_keys, (timeline_id, start))
             step = 1
+        previous = None
         while 0 <= index < block_count:
             chunk = []
             more = self._scan_block(
                 index, timeline_id, start, end, reverse, now_ms, _NO_LIMIT, chunk
             )
             if chunk:
+                if previous is not None:
+                    try:
+                        scan.check_seq_order(previous, chunk[0][0], reverse)
+                    except CorruptionError as exc:
+                        raise self.block_error(index, exc) from None
+                previous = chunk[-1][0]
                 yield chunk
             if not more:
                 return

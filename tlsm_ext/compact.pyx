@@ -209,7 +209,7 @@ cdef class RawMerge:
         cdef Source* source = &self._sources[index]
         name = self._frames[index].path
         return CorruptionError(
-            f"sstable {name}: undecodable data block ({problem} at byte {position} "
+            f"sstable {name}: damaged data block ({problem} at byte {position} "
             f"of its body) at offset {source.block_offset}",
             name,
             source.block_offset,

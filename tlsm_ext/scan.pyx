@@ -311,7 +311,7 @@ cdef Py_ssize_t _collect_table_span(object table, bytes timeline_id, uint64_t fi
     cdef Py_ssize_t block_count = search.count
     cdef Py_ssize_t before = PyList_GET_SIZE(out)
     cdef Py_ssize_t wanted = before + limit
-    cdef Py_ssize_t index
+    cdef Py_ssize_t index, count
     cdef bint unbounded = last == MAX_SEQ
     cdef uint64_t end_seq = MAX_SEQ if unbounded else last + 1
     cdef const char* timeline = PyBytes_AS_STRING(timeline_id)
@@ -342,6 +342,7 @@ cdef Py_ssize_t _collect_table_span(object table, bytes timeline_id, uint64_t fi
         else:
             index = search.bisect(prefix, timeline, length, first)
     while 0 <= index < block_count and PyList_GET_SIZE(out) < wanted:
+        count = PyList_GET_SIZE(out)
         runs = None
         if fast_cache is not None:
             block_key = (file_number, index)
@@ -383,6 +384,8 @@ cdef Py_ssize_t _collect_table_span(object table, bytes timeline_id, uint64_t fi
                 (<BlockRuns>runs).build(<const uint8_t*>PyBytes_AS_STRING(body),
                                          PyBytes_GET_SIZE(body))
                 fast_cache.attach_runs(block_key, body, runs)
+        if before < count < PyList_GET_SIZE(out):
+            _check_block_seqs(table, index, out, count, reverse)
         if not more:
             break
         # Index keys are the blocks' last keys: stop before a block that
@@ -401,6 +404,19 @@ cdef Py_ssize_t _collect_table_span(object table, bytes timeline_id, uint64_t fi
                 break
             index += 1
     return PyList_GET_SIZE(out) - before
+
+
+cdef int _check_block_seqs(object table, Py_ssize_t index, list out,
+                           Py_ssize_t count, bint reverse) except -1:
+    """Check out[count], the first pair from block index, against out[count - 1]."""
+    cdef uint64_t previous = <uint64_t>(<tuple>PyList_GET_ITEM(out, count - 1))[0]
+    cdef uint64_t seq = <uint64_t>(<tuple>PyList_GET_ITEM(out, count))[0]
+    if (seq <= previous) if not reverse else (seq >= previous):
+        raise table.block_error(index, CorruptionError(
+            f"seq {seq} read after seq {previous} of the previous block is out "
+            "of order"
+        ))
+    return 0
 
 
 cdef struct _Source:
