@@ -303,7 +303,9 @@ class CommitMixin:
                 # Reopening alone meets the same table at the next merge.
                 advice = (
                     "find the damaged table with python tools/inspect_data.py "
-                    f"{self.path} --verify before reopening"
+                    f"{self.path} --verify, and salvage its intact blocks with "
+                    f"python tools/repair_manifest.py {self.path} --force before "
+                    "reopening"
                 )
             raise StorageIOError(
                 f"background work failed ({self._background_error}); writes are "
