@@ -537,7 +537,7 @@ class PinnedFrames:
     CorruptionError for a damaged one. With pin, the file stays pinned in
     the open-file cache until close(), so mapping (the read-only memory
     mapping of a mapped file, else None) stays valid until then; each
-    pinned file holds a descriptor. Without pin, mapping is None and every
+    pinned file keeps a descriptor. Without pin, mapping is None and every
     read goes through the cache. tlsm_ext/compact.pyx reads frames straight
     from the mapping and calls read_body() for the rest.
     """

@@ -163,7 +163,7 @@ class DataBlocks:
             self._buffer = bytearray()
 
     def write_buffer(self):
-        """Write what the buffer holds to the file."""
+        """Write the buffered bytes to the file."""
         self.file.write(self._buffer)
         self._buffer = bytearray()
 

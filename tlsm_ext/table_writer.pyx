@@ -259,7 +259,7 @@ cdef class DataBlocks:
             self.write_buffer()
 
     def write_buffer(self):
-        """Write what the buffer holds to the file."""
+        """Write the buffered bytes to the file."""
         self.file.write(self._buffer)
         self._buffer = bytearray()
 
