@@ -103,7 +103,7 @@ def _merge_to_file(merge, tombstones, path):
 
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("pin", [True, False], ids=["mapped", "copied"])
-def test_raw_merge_writes_what_the_python_merge_writes(tmp_path, seed, pin):
+def test_raw_merge_matches_run_merge(tmp_path, seed, pin):
     extension = load_extension("compact")
     paths, tombstones = _random_inputs(tmp_path, seed, compression=seed % 2 == 0)
     expected = _merge_to_file(
@@ -218,7 +218,7 @@ def test_raw_merge_pins_inputs_until_closed(tmp_path):
 
 
 @pytest.mark.parametrize("first_seq", [5, 3], ids=["repeated", "lower"])
-def test_merges_report_keys_out_of_order_across_blocks(tmp_path, first_seq):
+def test_merges_reject_cross_block_disorder(tmp_path, first_seq):
     extension = load_extension("compact")
     path = tmp_path / "000001.sst"
     # The 300-byte value ends the first block (256 bytes), so (a, 6) opens
@@ -250,7 +250,7 @@ def test_merges_report_keys_out_of_order_across_blocks(tmp_path, first_seq):
         assert caught.value.offset == offset
 
 
-def test_damaged_table_in_background_merge_names_the_check(tmp_path):
+def test_background_corruption_gives_salvage_steps(tmp_path):
     options = {"memtable_bytes": 4096, "block_bytes": 256, "compression": False}
     path = tmp_path / "db"
     with tlsm.open(path, level_fanout=100, l0_stop_files=200, **options) as db:
