@@ -435,6 +435,26 @@ def test_surviving_runs_twins():
 
 
 EXTENSION_MODULES = sorted(path.stem for path in (REPO / "tlsm_ext").glob("*.pyx"))
+PACKAGE_MODULES = sorted(
+    path.stem for path in (REPO / "tlsm").glob("*.py") if path.stem != "__init__"
+)
+
+
+def test_every_module_imports_first():
+    # One fresh interpreter per module, each importing only that module.
+    failures = {}
+    for name in PACKAGE_MODULES:
+        result = subprocess.run(
+            [sys.executable, "-c", f"import tlsm.{name}"],
+            check=False,
+            capture_output=True,
+            env=server_env(),
+            timeout=60,
+        )
+        if result.returncode:
+            failures[name] = result.stderr.decode()[-300:]
+    assert len(PACKAGE_MODULES) > 30
+    assert failures == {}
 
 
 @pytest.mark.parametrize("name", EXTENSION_MODULES)

@@ -457,13 +457,27 @@ _TABLE = [
       _arg("timeline", "key", multiple=True), _arg("seq", multiple=True)]),
 ]  # fmt: skip
 
-# Imported here, after every helper they use is defined (see tlsm.commands_im).
-from .commands_im import IM_TABLE  # noqa: E402
-from .commands_server import SERVER_TABLE  # noqa: E402
 
-COMMANDS = {
-    name.encode(): CommandSpec(name, handler, arity, flags, group, summary, arguments)
-    for name, handler, arity, flags, group, summary, arguments in _TABLE
-    + IM_TABLE
-    + SERVER_TABLE
-}
+def __getattr__(attribute):
+    """Build COMMANDS, the command table by lowercase name, on first use.
+
+    tlsm.commands_im and tlsm.commands_server import helpers from this
+    module, so their tables join it here rather than at import, and any of
+    the three modules can be imported first.
+    """
+    if attribute != "COMMANDS":
+        raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+    from .commands_im import IM_TABLE
+    from .commands_server import SERVER_TABLE
+
+    table = {
+        name.encode(): CommandSpec(
+            name, handler, arity, flags, group, summary, arguments
+        )
+        for name, handler, arity, flags, group, summary, arguments in _TABLE
+        + IM_TABLE
+        + SERVER_TABLE
+    }
+    # Later lookups find the global and skip this function.
+    globals()["COMMANDS"] = table
+    return table

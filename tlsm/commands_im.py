@@ -1,8 +1,8 @@
 """IM.* command handlers of the RESP server (conventions in tlsm.commands).
 
 The data model is in tlsm.im and docs/im.md, the wire forms in
-docs/commands.md. tlsm.commands imports IM_TABLE from here at its end, so
-import tlsm.commands, not this module, first.
+docs/commands.md. tlsm.commands.COMMANDS takes IM_TABLE from here when
+it is first used.
 """
 
 from . import im_format as fmt

@@ -1,9 +1,9 @@
 """Connection and server commands: PING, ECHO, QUIT, SELECT, AUTH, HELLO,
 CLIENT, CONFIG, INFO and COMMAND.
 
-They follow the handler conventions of tlsm.commands, which imports
-SERVER_TABLE from here at its end, so import tlsm.commands first. COMMAND
-reads tlsm.commands.COMMANDS when it runs.
+They follow the handler conventions of tlsm.commands, whose COMMANDS
+table takes SERVER_TABLE from here when it is first used. COMMAND reads
+tlsm.commands.COMMANDS when it runs.
 """
 
 import fnmatch
