@@ -438,6 +438,10 @@ cdef class RawMerge:
         self._last_length = source.timeline_length
         self._last_seq = source.seq
         self._has_last = True
+        return self._advance_top(index)
+
+    cdef int _advance_top(self, Py_ssize_t index) except -1:
+        """Move source index, at the top of the heap, to its next entry or drop it."""
         if not self._advance(index):
             self._heap_size -= 1
             self._heap[0] = self._heap[self._heap_size]
@@ -461,10 +465,7 @@ cdef class RawMerge:
                 self._last_timeline, self._last_length, self._last_seq,
             ) == 0):
                 return index
-            if not self._advance(index):
-                self._heap_size -= 1
-                self._heap[0] = self._heap[self._heap_size]
-            self._sift_down(0)
+            self._advance_top(index)
         return -1
 
     # -- survivors ------------------------------------------------------------
