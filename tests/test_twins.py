@@ -440,17 +440,21 @@ PACKAGE_MODULES = sorted(
 )
 
 
+def import_first(module):
+    """Import module in a fresh interpreter; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import {module}"],
+        check=False,
+        capture_output=True,
+        env=server_env(),
+        timeout=60,
+    )
+
+
 def test_every_module_imports_first():
-    # One fresh interpreter per module, each importing only that module.
     failures = {}
     for name in PACKAGE_MODULES:
-        result = subprocess.run(
-            [sys.executable, "-c", f"import tlsm.{name}"],
-            check=False,
-            capture_output=True,
-            env=server_env(),
-            timeout=60,
-        )
+        result = import_first(f"tlsm.{name}")
         if result.returncode:
             failures[name] = result.stderr.decode()[-300:]
     assert len(PACKAGE_MODULES) > 30
@@ -459,13 +463,6 @@ def test_every_module_imports_first():
 
 @pytest.mark.parametrize("name", EXTENSION_MODULES)
 def test_extension_imports_before_tlsm(name):
-    # A fresh interpreter whose first import is the extension itself.
     load_extension(name)
-    result = subprocess.run(
-        [sys.executable, "-c", f"import tlsm_ext.{name}"],
-        check=False,
-        capture_output=True,
-        env=server_env(),
-        timeout=60,
-    )
+    result = import_first(f"tlsm_ext.{name}")
     assert result.returncode == 0, result.stderr.decode()[-1500:]

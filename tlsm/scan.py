@@ -236,11 +236,12 @@ def _collect_table_span(table, timeline_id, first, last, reverse, now_ms, limit,
 def check_seq_order(previous, seq, reverse):
     """Raise CorruptionError unless seq, read from a new block, goes on from previous.
 
-    A table's blocks hold disjoint, ordered key ranges, so the first seq a
+    A table's blocks cover disjoint, ordered key ranges, so the first seq a
     read takes from a block must be above (below, in reverse) the last one
     it took from the block before.
     """
-    if seq <= previous if not reverse else seq >= previous:
+    in_order = seq < previous if reverse else seq > previous
+    if not in_order:
         raise CorruptionError(
             f"seq {seq} read after seq {previous} of the previous block is out of order"
         )

@@ -54,6 +54,13 @@ cdef uint8_t COMPRESSION_LZ4 = 1
 cdef uint64_t KIND_PUT = keys.KIND_PUT
 cdef uint64_t MAX_SEQ = keys.MAX_SEQ
 cdef uint64_t MAX_KEY_BYTES = keys.MAX_KEY_BYTES
+# Blocks are parsed with ids of at most MAX_KEY_BYTES, so every id fits the
+# key buffers below.
+if MAX_KEY_BYTES > MAX_RAW_TIMELINE:
+    raise ImportError(
+        f"tlsm.keys.MAX_KEY_BYTES {MAX_KEY_BYTES} is above the key buffers' "
+        f"{MAX_RAW_TIMELINE} bytes; rebuild tlsm_ext with a larger MAX_RAW_TIMELINE"
+    )
 # Kept equal to tlsm.survivors.ENTRY_OVERHEAD: bytes counted per entry
 # besides its timeline id and value when output is sized.
 cdef Py_ssize_t ENTRY_OVERHEAD = 12
@@ -101,10 +108,18 @@ cdef struct Source:
     uint64_t previous_seq
 
 
+cdef inline void _copy_key(const Source* source, uint8_t* timeline,
+                           Py_ssize_t* length, uint64_t* seq) noexcept:
+    """Copy the key of source's current entry into a MAX_RAW_TIMELINE buffer."""
+    memcpy(timeline, source.timeline, source.timeline_length)
+    length[0] = source.timeline_length
+    seq[0] = source.seq
+
+
 cdef class RawMerge:
     """Merge tables' data blocks by key; see the module docstring.
 
-    frames holds one tlsm.sstable.PinnedFrames per input, newest input
+    frames lists one tlsm.sstable.PinnedFrames per input, newest input
     first. Uncompressed blocks of a memory-mapped table are read where they
     lie in the mapping; any other block is copied (and decompressed) first.
     Use it as
@@ -314,11 +329,8 @@ cdef class RawMerge:
                     source.end,
                 )
             # Remember the block's last key before its body goes.
-            if source.timeline_length > MAX_RAW_TIMELINE:
-                raise self._corrupt(index, "timeline id too long", source.end)
-            memcpy(source.previous_timeline, source.timeline, source.timeline_length)
-            source.previous_length = source.timeline_length
-            source.previous_seq = source.seq
+            _copy_key(source, source.previous_timeline, &source.previous_length,
+                      &source.previous_seq)
             source.has_previous = True
         if not source.live or source.pos >= source.end:
             if not self._load_block(index):
@@ -431,12 +443,8 @@ cdef class RawMerge:
 
     cdef int _take(self, Py_ssize_t index) except -1:
         """Consume the entry at the top of the heap, from source index."""
-        cdef Source* source = &self._sources[index]
-        if source.timeline_length > MAX_RAW_TIMELINE:
-            raise self._corrupt(index, "timeline id too long", source.pos)
-        memcpy(self._last_timeline, source.timeline, source.timeline_length)
-        self._last_length = source.timeline_length
-        self._last_seq = source.seq
+        _copy_key(&self._sources[index], self._last_timeline, &self._last_length,
+                  &self._last_seq)
         self._has_last = True
         return self._advance_top(index)
 

@@ -411,7 +411,8 @@ cdef int _check_block_seqs(object table, Py_ssize_t index, list out,
     """Check out[count], the first pair from block index, against out[count - 1]."""
     cdef uint64_t previous = <uint64_t>(<tuple>PyList_GET_ITEM(out, count - 1))[0]
     cdef uint64_t seq = <uint64_t>(<tuple>PyList_GET_ITEM(out, count))[0]
-    if (seq <= previous) if not reverse else (seq >= previous):
+    cdef bint in_order = seq < previous if reverse else seq > previous
+    if not in_order:
         raise table.block_error(index, CorruptionError(
             f"seq {seq} read after seq {previous} of the previous block is out "
             "of order"

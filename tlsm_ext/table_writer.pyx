@@ -104,7 +104,7 @@ cdef class DataBlocks:
             position = stop
 
     def finish_blocks(self):
-        """Write the block being filled, if it holds anything."""
+        """Write the block being filled, unless it is empty."""
         if self._pending:
             self._finish_block()
         elif self._raw_count:
@@ -117,11 +117,16 @@ cdef class DataBlocks:
 
         The caller has checked the fields and the order (a merge reads them
         from checked blocks) and reports each timeline's entries through
-        note_run(). A block holds either raw entries or run slices.
+        note_run(). A block contains either raw entries or run slices.
         """
         cdef bint new_timeline
         if self._pending:
             raise InvalidArgumentError(_MIXED)
+        if timeline_length > MAX_RAW_TIMELINE:
+            raise InvalidArgumentError(
+                f"timeline id of {timeline_length} bytes is above the limit "
+                f"of {MAX_RAW_TIMELINE}"
+            )
         new_timeline = (
             self._raw_count == 0
             or timeline_length != self._raw_timeline_length
@@ -134,11 +139,6 @@ cdef class DataBlocks:
         _put_raw_entry(&self._body, timeline, timeline_length, new_timeline, seq,
                        self._raw_seq, kind, expires_at, value, value_length)
         if new_timeline:
-            if timeline_length > MAX_RAW_TIMELINE:
-                raise InvalidArgumentError(
-                    f"timeline id of {timeline_length} bytes is above the limit "
-                    f"of {MAX_RAW_TIMELINE}"
-                )
             memcpy(self._raw_timeline, timeline, timeline_length)
             self._raw_timeline_length = timeline_length
         self._raw_seq = seq
