@@ -467,7 +467,7 @@ def test_overlapping_sources_are_merged(tmp_path):
 
 
 def write_overlapping_blocks(path, monkeypatch):
-    """Write a table whose second block goes back to seqs the first one holds.
+    """Write a table whose second block goes back to seqs of the first one.
 
     TableWriter refuses that, so its check is switched off for this file:
     the table stands for one damaged on disk with valid checksums.

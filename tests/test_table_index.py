@@ -75,8 +75,8 @@ def test_summary_index_twins_agree_on_damage():
         expected = outcome(scan.PurePython.parse_summary, data)
         assert outcome(lambda d: dict(pure(d)._spans), data) == expected
         assert outcome(scan.parse_summary, data) == expected
-        # Ids out of order are rejected, so an accepted body gives every
-        # lookup the twin's answer, by binary search and by hash.
+        # Ids out of order are rejected, so every lookup in an accepted body
+        # returns the twin's span, by binary search and by hash.
         ext = outcome(extension, data)
         if expected[0] == "error":
             assert ext[:3] == expected[:3]

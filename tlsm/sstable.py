@@ -534,12 +534,14 @@ class PinnedFrames:
 
     offsets and sizes are array('Q') of each frame's place in the file.
     read_body() returns a frame's checked, decompressed body, raising
-    CorruptionError for a damaged one. With pin, the file stays pinned in
-    the open-file cache until close(), so mapping (the read-only memory
-    mapping of a mapped file, else None) stays valid until then; each
-    pinned file keeps a descriptor. Without pin, mapping is None and every
-    read goes through the cache. tlsm_ext/compact.pyx reads frames straight
-    from the mapping and calls read_body() for the rest.
+    CorruptionError for a damaged one.
+
+    With pin, the file stays pinned in the open-file cache until close(),
+    and keeps a descriptor until then. mapping is the file's read-only
+    memory mapping (None for a file read with pread), valid until close().
+    Without pin, mapping is None and every read goes through the cache.
+    tlsm_ext/compact.pyx reads frames straight from the mapping and calls
+    read_body() for the rest.
     """
 
     def __init__(self, table, pin=True):

@@ -64,10 +64,10 @@ class DataBlocks:
     """The data blocks of a table being written, and the file's write buffer.
 
     TableWriter adds runs here and reads back what finish() needs: index
-    holds (timeline_id, last_seq, offset, framed size) per block, summary
+    lists (timeline_id, last_seq, offset, framed size) per block, summary
     maps each timeline to [first_seq, last_seq, count], offset is the
     number of bytes appended so far. The writer keeps references to the
-    lists passed to add_run() until the block that holds their last entry
+    lists passed to add_run() until the block with their last entry
     is written, so callers must not change them before finish_blocks().
     """
 
@@ -126,7 +126,7 @@ class DataBlocks:
             position = stop
 
     def finish_blocks(self):
-        """Write the block being filled, if it holds anything."""
+        """Write the block being filled, unless it is empty."""
         if self._pending:
             self._finish_block()
 

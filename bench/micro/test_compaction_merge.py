@@ -2,7 +2,7 @@
 
 Workload: 6 tables like the level-0 tables of successive flushes, each with
 40,000 entries of 128 random bytes over 2,000 timelines, where every table
-holds the next seqs of each timeline. One round merges all six into one
+contains the next seqs of each timeline. One round merges all six into one
 new table file (entries only, no side records), as compaction does, and
 writes it without fsync. RunMerge decodes entries into tuples and merges
 them with tlsm.merge; RawMerge (tlsm_ext/compact.pyx) reads the blocks in
